@@ -1,0 +1,226 @@
+"""Plots and mask overlays for evaluation reports.
+
+Every plotting function writes a PNG (creating parent folders), closes its
+figure and returns the path. Matplotlib is switched to the non-interactive Agg
+backend so the plots also work on headless training machines.
+"""
+
+import math
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend switch)
+import numpy as np  # noqa: E402
+
+from tools.metrics import (  # noqa: E402
+    binary_roc_auc,
+    expected_calibration_error,
+    reliability_bins,
+    roc_curve,
+)
+
+# RGB colours for overlay_masks.
+PRED_CELL_COLOUR = (0, 255, 0)  # green
+PRED_NUCLEUS_COLOUR = (255, 0, 0)  # red
+TRUE_CELL_COLOUR = (0, 255, 255)  # cyan
+TRUE_NUCLEUS_COLOUR = (255, 255, 0)  # yellow
+
+
+def _save(fig, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # bbox_inches="tight" keeps long rotated class names inside the image.
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_confusion_matrix(confusion, class_names, path, normalize=True, title=None):
+    """Heat map of a confusion matrix with the counts written in the cells.
+
+    Args:
+        confusion: K x K counts, rows = true class, columns = predicted class.
+        class_names: K class names.
+        path: output PNG path.
+        normalize: colour cells by the row-normalised fraction (recall per true
+            class) instead of the raw count; the percentage is then printed under the count.
+        title: figure title; defaults to "Confusion matrix".
+
+    Returns:
+        Path of the written PNG.
+    """
+    counts = np.asarray(confusion, dtype=np.int64)
+    num_classes = len(class_names)
+    if normalize:
+        row_totals = counts.sum(axis=1, keepdims=True)
+        colour_values = np.divide(counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0)
+        vmax = 1.0
+    else:
+        colour_values = counts.astype(float)
+        vmax = max(colour_values.max(), 1.0)
+
+    side = max(4.0, 0.9 * num_classes + 2.0)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    image = ax.imshow(colour_values, cmap="Blues", vmin=0.0, vmax=vmax)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+                 label="fraction of true class" if normalize else "count")
+    for row in range(num_classes):
+        for col in range(num_classes):
+            text = str(counts[row, col])
+            if normalize:
+                text += f"\n{100 * colour_values[row, col]:.0f}%"
+            # White text on dark cells stays legible.
+            text_colour = "white" if colour_values[row, col] > 0.5 * vmax else "black"
+            ax.text(col, row, text, ha="center", va="center", color=text_colour, fontsize=9)
+    ax.set_xticks(range(num_classes), class_names, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(num_classes), class_names)
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    ax.set_title(title or "Confusion matrix")
+    return _save(fig, path)
+
+
+def plot_roc_curves(y_true, y_prob, class_names, path):
+    """One-vs-rest ROC curve per class, AUC in the legend, chance diagonal.
+
+    Args:
+        y_true: int labels [N].
+        y_prob: class probabilities [N, K].
+        class_names: K class names.
+        path: output PNG path.
+
+    Returns:
+        Path of the written PNG. Classes absent from ``y_true`` (or making up
+        all of it) have no ROC curve and are skipped.
+    """
+    labels = np.asarray(y_true).astype(int).ravel()
+    probs = np.asarray(y_prob, dtype=float)
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    colours = plt.get_cmap("tab10")
+    for k, name in enumerate(class_names):
+        is_class = labels == k
+        auc = binary_roc_auc(is_class, probs[:, k])
+        if auc is None:
+            continue
+        fpr, tpr = roc_curve(is_class, probs[:, k])
+        ax.plot(fpr, tpr, color=colours(k % 10), lw=1.5, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("False positive rate")
+    ax.set_ylabel("True positive rate")
+    ax.set_title("ROC curves (one-vs-rest)")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_reliability_diagram(y_true, y_prob, path, n_bins=15):
+    """Top-label reliability diagram: accuracy per confidence bin against the diagonal.
+
+    Args:
+        y_true: int labels [N].
+        y_prob: class probabilities [N, K].
+        path: output PNG path.
+        n_bins: number of equal-width confidence bins.
+
+    Returns:
+        Path of the written PNG; the title carries the ECE.
+    """
+    mean_confidence, accuracy, count = reliability_bins(y_true, y_prob, n_bins)
+    ece = expected_calibration_error(y_true, y_prob, n_bins)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    width = 1.0 / n_bins
+    occupied = count > 0
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.bar(edges[:-1][occupied], accuracy[occupied], width=width, align="edge",
+           color="tab:blue", edgecolor="black", label="accuracy")
+    # Red gap bars show how far each bin's confidence is from its accuracy.
+    ax.bar(edges[:-1][occupied], (mean_confidence - accuracy)[occupied], bottom=accuracy[occupied],
+           width=width, align="edge", color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Confidence")
+    ax.set_ylabel("Accuracy")
+    ax.set_title(f"Reliability diagram (ECE {ece:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def _contours(mask):
+    binary = (np.asarray(mask) > 0).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return contours
+
+
+def _draw_dashed(canvas, mask, colour, dash=4):
+    """Colour every other run of ``dash`` contour pixels, so ground truth looks dashed."""
+    for contour in _contours(mask):
+        points = contour.reshape(-1, 2)  # (x, y) pairs, one per boundary pixel
+        points = points[(np.arange(len(points)) // dash) % 2 == 0]
+        canvas[points[:, 1], points[:, 0]] = colour
+
+
+def overlay_masks(image_rgb, cyt_mask, nuc_mask, true_cyt=None, true_nuc=None):
+    """Draw one-pixel mask outlines on a copy of an RGB image.
+
+    Predicted cell outlines are green and predicted nuclei red (solid);
+    ground-truth cells are cyan and nuclei yellow (dashed). Predictions are
+    drawn last, so they win where outlines coincide.
+
+    Args:
+        image_rgb: uint8 RGB image [H,W,3] (grey [H,W] and float [0,1] images are converted).
+        cyt_mask: predicted whole-cell mask [H,W], bool/0-1.
+        nuc_mask: predicted nucleus mask [H,W], bool/0-1.
+        true_cyt: optional ground-truth cell mask [H,W].
+        true_nuc: optional ground-truth nucleus mask [H,W].
+
+    Returns:
+        New uint8 RGB array [H,W,3]; the input image is left untouched.
+    """
+    image = np.asarray(image_rgb)
+    if image.dtype != np.uint8:
+        scale = 255.0 if image.max() <= 1.0 else 1.0
+        image = np.clip(image * scale, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    canvas = np.ascontiguousarray(image).copy()
+
+    if true_cyt is not None:
+        _draw_dashed(canvas, true_cyt, TRUE_CELL_COLOUR)
+    if true_nuc is not None:
+        _draw_dashed(canvas, true_nuc, TRUE_NUCLEUS_COLOUR)
+    cv2.drawContours(canvas, _contours(cyt_mask), -1, PRED_CELL_COLOUR, thickness=1)
+    cv2.drawContours(canvas, _contours(nuc_mask), -1, PRED_NUCLEUS_COLOUR, thickness=1)
+    return canvas
+
+
+def save_overlay_grid(items, path, ncols=4):
+    """Save RGB panels side by side in a titled grid.
+
+    Args:
+        items: list of (title, uint8 RGB array) pairs; panel sizes may differ.
+        path: output PNG path.
+        ncols: panels per row (fewer if there are fewer items).
+
+    Returns:
+        Path of the written PNG.
+    """
+    if not items:
+        raise ValueError("no panels to plot")
+    ncols = min(ncols, len(items))
+    nrows = math.ceil(len(items) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.5 * ncols, 3.7 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (title, image) in zip(axes.ravel(), items):
+        ax.imshow(image)
+        ax.set_title(str(title), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
