@@ -1,0 +1,144 @@
+"""Evaluate both stages on held-out cells and write metrics.json, plots and mask overlays.
+
+    python evaluate.py --data-root data/demo                      # the test split of the manifest
+    python evaluate.py --data-root OTHER_ROOT --split all         # every cell of another data root
+
+Segmentation: Dice, IoU and pixel accuracy per head at each image's own resolution (cells with
+ground-truth masks only). Classification: on RGB + masks predicted by stage 1 (or ground truth
+with --mask-source gt). Everything lands in <output-dir>/outputs/eval/.
+"""
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from tools.config import check_output_dir, data_parser
+from tools.data_loader import CellRecord, ground_truth_masks, read_records
+from tools.datasets import ClassificationDataset, prepare_cells
+from tools.engine import make_loader, resolve_device
+from tools.errors import UserError, exit_on_user_error
+from tools.inference import iter_predicted_masks, load_model, predict_class_probs
+from tools.metrics import SegmentationMeter, binary_metrics, classification_metrics
+from tools.splits import open_split
+from utils.visualization import overlay_masks, plot_confusion_matrix, plot_roc_curves, save_overlay_grid
+
+# SIPaKMeD's normal cells; Herlev's are the classes named normal_*
+SIPAKMED_NORMAL = ("im_Superficial-Intermediate", "im_Parabasal", "im_Metaplastic")
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Evaluate the segmentation and classification checkpoints.",
+                                     parents=[data_parser()], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--split", default="test", choices=["test", "val", "all"],
+                       help="cells to evaluate: a split of the manifest, or every cell of --data-root (any layout)")
+    group.add_argument("--seg-checkpoint", type=Path, default=None, help="default: <output-dir>/checkpoints/segmentation_best.pth")
+    group.add_argument("--cls-checkpoint", type=Path, default=None, help="default: <output-dir>/checkpoints/classification_best.pth")
+    group.add_argument("--mask-source", default="predicted", choices=["predicted", "gt"], help="masks given to the classifier")
+    group.add_argument("--normal-classes", nargs="*", default=None,
+                       help="classes counted as normal for the normal/abnormal metrics (default: normal_* and SIPaKMeD's normal classes)")
+    group.add_argument("--num-overlays", type=int, default=12, help="cells drawn in overlays.png")
+    args = parser.parse_args(argv)
+    checkpoints = args.output_dir / "checkpoints"
+    args.seg_checkpoint = args.seg_checkpoint or checkpoints / "segmentation_best.pth"
+    args.cls_checkpoint = args.cls_checkpoint or checkpoints / "classification_best.pth"
+    args.batch_size = args.batch_size or 16
+    return args
+
+
+def select_records(args: argparse.Namespace) -> List[CellRecord]:
+    if args.split == "all":
+        return read_records(args.data_root, args.layout, args.sipakmed_source, args.nuc_suffix, args.cyt_suffix)[0]
+    return open_split(args).by_split[args.split]
+
+
+def check_known_classes(records: Sequence[CellRecord], class_names: Sequence[str], checkpoint: Path) -> None:
+    unknown = sorted({r.label for r in records} - set(class_names))
+    if unknown:
+        raise UserError(f"{checkpoint}: the classifier does not know class(es) {', '.join(unknown)} "
+                        f"(it knows {', '.join(class_names)}); rename the folders or remove those cells")
+
+
+def normal_class_names(class_names: Sequence[str], chosen) -> List[str]:
+    if chosen is not None:
+        return list(chosen)
+    return [c for c in class_names if c.lower().startswith("normal") or c in SIPAKMED_NORMAL]
+
+
+def segment_and_score(args, records, device):
+    """Predict masks for every record; score them against ground truth where it exists.
+
+    Returns (masks by sample id, segmentation metrics, overlay panels).
+    """
+    seg_model, seg_checkpoint = load_model(args.seg_checkpoint, "segmentation", device)
+    meter = SegmentationMeter()
+    predicted, panels = {}, []
+    for record, image, cell_mask, nuc_mask in iter_predicted_masks(seg_model, records, seg_checkpoint["args"]["img_size"],
+                                                                   device, args.batch_size, "segmenting"):
+        predicted[record.sample_id] = (cell_mask, nuc_mask)
+        true_cell = true_nuc = None
+        if record.has_masks:
+            true_cell, true_nuc = ground_truth_masks(record, image.shape[:2])
+            meter.update("cyt", cell_mask, true_cell)
+            meter.update("nuc", nuc_mask, true_nuc)
+        if len(panels) < args.num_overlays:
+            panels.append((record.sample_id.split("/")[-1], overlay_masks(image, cell_mask, nuc_mask, true_cell, true_nuc)))
+    return predicted, meter.compute(), panels
+
+
+def classify(args, records, predicted_masks: Dict, device):
+    """Class probabilities [N, K] and the class names of the classifier checkpoint."""
+    cls_model, cls_checkpoint = load_model(args.cls_checkpoint, "classification", device)
+    class_names = cls_checkpoint["class_names"]
+    check_known_classes(records, class_names, args.cls_checkpoint)
+    provider = ground_truth_masks if args.mask_source == "gt" else (lambda record, shape: predicted_masks[record.sample_id])
+    cells = prepare_cells(records, cls_checkpoint["args"]["img_size"], provider, desc="loading cells")
+    loader = make_loader(ClassificationDataset(cells, class_names, train=False), args.batch_size, False, 0, device, 0)
+    probs = np.concatenate([predict_class_probs(cls_model, inputs, device) for inputs, _ in loader])
+    labels = np.array([class_names.index(r.label) for r in records])
+    return labels, probs, class_names
+
+
+@exit_on_user_error
+def main(argv=None) -> None:
+    args = get_args(argv)
+    eval_dir = args.output_dir / "outputs" / "eval"
+    check_output_dir(eval_dir)
+    device = resolve_device(args.device)
+    records = select_records(args)
+
+    predicted_masks, seg_metrics, panels = segment_and_score(args, records, device)
+    labels, probs, class_names = classify(args, records, predicted_masks, device)
+    cls_metrics = classification_metrics(labels, probs, class_names)
+    normal = normal_class_names(class_names, args.normal_classes)
+    abnormal = [c for c in class_names if c not in normal]
+    results = {
+        "data_root": str(args.data_root), "split": args.split, "num_cells": len(records), "mask_source": args.mask_source,
+        "segmentation": seg_metrics, "classification": cls_metrics,
+        "normal_vs_abnormal": binary_metrics(labels, probs, abnormal, class_names) if normal and abnormal else None,
+    }
+    (eval_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    plot_confusion_matrix(np.array(cls_metrics["confusion_matrix"]), class_names, eval_dir / "confusion_matrix.png")
+    plot_roc_curves(labels, probs, class_names, eval_dir / "roc_curves.png")
+    if panels:
+        save_overlay_grid(panels, eval_dir / "overlays.png")
+    print_summary(results, eval_dir)
+
+
+def print_summary(results: Dict, eval_dir: Path) -> None:
+    seg, cls = results["segmentation"], results["classification"]
+    if seg:
+        print(f"segmentation ({results['num_cells']} cells): dice cyt {seg['dice_cyt']:.4f}  nuc {seg['dice_nuc']:.4f}  "
+              f"iou cyt {seg['iou_cyt']:.4f}  nuc {seg['iou_nuc']:.4f}")
+    print(f"classification ({results['mask_source']} masks): accuracy {cls['accuracy']:.4f}  balanced {cls['balanced_accuracy']:.4f}  "
+          f"macro-F1 {cls['macro_f1']:.4f}  ROC-AUC {cls['roc_auc_macro'] or float('nan'):.4f}")
+    if results["normal_vs_abnormal"]:
+        print(f"normal vs abnormal: accuracy {results['normal_vs_abnormal']['accuracy']:.4f}")
+    print(f"wrote {eval_dir / 'metrics.json'} and plots")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Stage 2 entry point: train the classifier on RGB + cytoplasm mask + nucleus mask.
+
+    python main_classify.py --data-root data/demo --preset cpu
+
+Masks come from stage 1 by default (outputs/masks/, predicted first where missing, using
+checkpoints/segmentation_best.pth); --mask-source gt trains on the ground-truth masks instead.
+Writes <output-dir>/checkpoints/classification_{best,last}.pth and logs/classification/.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import train_classify
+from tools.config import check_output_dir, resolve_args, training_parser
+from tools.errors import exit_on_user_error
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train the 5-channel ConvNeXt cell classifier on RGB + predicted (or ground-truth) masks.",
+        parents=[training_parser()], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    group = parser.add_argument_group("classification")
+    group.add_argument("--mask-source", default="predicted", choices=["predicted", "gt"],
+                       help="masks given to the classifier: stage 1's predictions, or the ground truth")
+    group.add_argument("--seg-checkpoint", type=Path, default=None,
+                       help="stage 1 checkpoint for missing masks (default: <output-dir>/checkpoints/segmentation_best.pth)")
+    group.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=True,
+                       help="weight the loss by inverse class frequency")
+    group.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
+    return resolve_args(parser, "classification", argv)
+
+
+@exit_on_user_error
+def main(argv=None) -> None:
+    args = get_args(argv)
+    check_output_dir(args.output_dir)
+    started = time.time()
+    best = train_classify.train(args)
+    print(f"classification trained in {time.time() - started:.0f}s; best val macro-F1 {best.get('macro_f1', float('nan')):.4f} "
+          f"accuracy {best.get('accuracy', float('nan')):.4f} (epoch {best.get('epoch')})")
+
+
+if __name__ == "__main__":
+    main()

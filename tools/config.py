@@ -1,0 +1,113 @@
+"""Flags shared by every script, the named presets, and pretrained-weight resolution."""
+import argparse
+import os
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
+
+from tools.errors import UserError
+
+# Stage defaults: the seed's full configuration, meant for a GPU.
+STAGE_DEFAULTS = {
+    "segmentation": dict(backbone="convnext_tiny", img_size=256, batch_size=8, epochs=50, lr=1e-4,
+                         decoder_channels=[256, 128, 64]),
+    "classification": dict(backbone="convnext_tiny", img_size=256, batch_size=16, epochs=30, lr=1e-4),
+}
+# `--preset cpu` overrides only what it must to train usefully on 2 CPU cores.
+PRESETS = {
+    "cpu": {
+        "segmentation": dict(backbone="convnext_atto", img_size=128, batch_size=16, epochs=30, lr=1e-3,
+                             decoder_channels=[128, 64, 32]),
+        "classification": dict(backbone="convnext_atto", img_size=128, batch_size=32, epochs=40, lr=1e-3),
+    },
+}
+
+
+def data_parser() -> argparse.ArgumentParser:
+    """Flags that say where the data is and how it is read and split (used by every script)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("data")
+    group.add_argument("--data-root", type=Path, default=Path("data/demo"), help="folder holding the class folders (default: data/demo)")
+    group.add_argument("--output-dir", type=Path, default=Path("."), help="run folder for checkpoints/, logs/, outputs/, splits/ (default: .)")
+    group.add_argument("--layout", default="auto", choices=["auto", "sipakmed", "paired", "labels"], help="data layout; auto detects it from the folder")
+    group.add_argument("--sipakmed-source", default="cropped", choices=["cropped", "clusters"],
+                       help="SIPaKMeD cells: the CROPPED/ crops, or cells cut from the cluster images by their polygons")
+    group.add_argument("--nuc-suffix", default="N.png", help="paired layout: nucleus mask file suffix (<n>N.png)")
+    group.add_argument("--cyt-suffix", default="C.png", help="paired layout: cytoplasm mask file suffix (<n>C.png)")
+    group.add_argument("--split-file", type=Path, default=None, help="split manifest (default: <output-dir>/splits/<data-root>-<hash>.json, made on first use)")
+    group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split when it is first made")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--workers", type=int, default=2, help="data loader worker processes")
+    group.add_argument("--batch-size", type=int, default=None, help="images per batch (stage default; see --preset)")
+    return parser
+
+
+def training_parser() -> argparse.ArgumentParser:
+    """Flags of a training stage; defaults marked 'stage default' come from STAGE_DEFAULTS or --preset."""
+    parser = argparse.ArgumentParser(add_help=False, parents=[data_parser()])
+    group = parser.add_argument_group("training")
+    group.add_argument("--preset", default=None, choices=sorted(PRESETS), help="named settings for a small machine; explicit flags still win")
+    group.add_argument("--epochs", type=int, default=None, help="training epochs (stage default)")
+    group.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (stage default)")
+    group.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    group.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up before the cosine decay")
+    group.add_argument("--img-size", type=int, default=None, help="square input side in pixels, divisible by 32 (stage default)")
+    group.add_argument("--backbone", default=None, help="timm model name of the encoder (stage default: convnext_tiny)")
+    group.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                       help="start from ImageNet weights found in the local timm/Hugging Face cache")
+    group.add_argument("--weights", type=Path, default=None, help="local pretrained weights file for the backbone (implies --pretrained)")
+    group.add_argument("--allow-download", action="store_true", help="let timm download pretrained weights (off: never wait on the network)")
+    group.add_argument("--seed", type=int, default=0, help="seed for weights, sampling and augmentation")
+    group.add_argument("--deterministic", action="store_true", help="deterministic algorithms: identical reruns on CPU, slower")
+    group.add_argument("--resume", type=Path, nargs="?", const=Path("auto"), default=None,
+                       help="resume from a checkpoint (no value: <output-dir>/checkpoints/<stage>_last.pth)")
+    return parser
+
+
+def resolve_args(parser: argparse.ArgumentParser, stage: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse; fill unset flags from the preset, then from the stage defaults; check what can be checked early."""
+    args = parser.parse_args(argv)
+    chosen = {**STAGE_DEFAULTS[stage], **PRESETS.get(args.preset or "", {}).get(stage, {})}
+    for name, value in chosen.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    if args.img_size % 32:
+        parser.error(f"--img-size {args.img_size} is not divisible by 32 (the encoder downsamples 32x)")
+    if args.weights is not None and not args.weights.is_file():
+        parser.error(f"--weights {args.weights}: file not found")
+    if args.resume == Path("auto"):
+        args.resume = args.output_dir / "checkpoints" / f"{stage}_last.pth"
+    return args
+
+
+def build_with_pretrained_fallback(factory: Callable, config: Dict, weights: Optional[Path], pretrained: bool,
+                                   allow_download: bool):
+    """Build a model, loading pretrained weights when they can be had without waiting on the network.
+
+    Returns (model, what it started from). Says once, on stdout, when it trains from scratch.
+    """
+    if weights is not None:
+        return factory(**config, pretrained_file=str(weights)), f"weights {weights}"
+    if pretrained:
+        if not allow_download:
+            # read at call time by huggingface_hub: a cache miss fails at once instead of retrying for ~47 s
+            os.environ["HF_HUB_OFFLINE"] = "1"
+            import huggingface_hub.constants
+            huggingface_hub.constants.HF_HUB_OFFLINE = True
+        try:
+            return factory(**config, pretrained=True), "ImageNet weights from the timm cache"
+        except Exception as error:  # timm/hub raise many types for "not available"
+            print(f"note: no pretrained weights for {config.get('backbone')} ({type(error).__name__}); "
+                  f"training from scratch. Pass --weights PATH for a local file, or --allow-download.")
+    else:
+        print(f"note: --no-pretrained: training {config.get('backbone')} from scratch.")
+    return factory(**config), "scratch"
+
+
+def check_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"{output_dir}: output folder cannot be written ({error.strerror}); pass a writable --output-dir")

@@ -1,0 +1,108 @@
+"""Running trained models on cells: rebuild from a checkpoint, predict masks and classes in batches."""
+from pathlib import Path
+from typing import Iterator, List, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.classification_model import ConvNeXtAttentionClassifier
+from model.segmentation_model import DualHeadAttConvNeXtUNet
+from tools.data_loader import CellRecord, load_image
+from tools.engine import autocast_dtype, load_checkpoint
+from tools.errors import UserError
+from utils.preprocessing import letterbox, normalize_image, read_mask, unletterbox
+
+MASK_THRESHOLD = 0.5
+
+
+def load_model(path: Path, stage: str, device: torch.device):
+    """Rebuild a model from its checkpoint. Returns (model in eval mode on device, checkpoint dict)."""
+    checkpoint = load_checkpoint(path, stage)
+    factory = DualHeadAttConvNeXtUNet if stage == "segmentation" else ConvNeXtAttentionClassifier
+    model = factory(**checkpoint["model_config"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise UserError(f"{path}: weights do not fit the model described in the checkpoint ({str(error).splitlines()[0]}); retrain")
+    return model.to(device).eval(), checkpoint
+
+
+def batched(items: Sequence, batch_size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), batch_size):
+        yield items[start:start + batch_size]
+
+
+@torch.no_grad()
+def predict_mask_probs(model, images: Sequence[np.ndarray], size: int, device: torch.device) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Cell and nucleus probabilities [H, W] for a batch of RGB images, each at its own size."""
+    boxed = [letterbox(image, [], size) for image in images]
+    batch = torch.from_numpy(np.stack([normalize_image(canvas) for canvas, _, _ in boxed])).to(device)
+    amp_dtype = autocast_dtype(device)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model(batch)
+    cell_probs = torch.sigmoid(logits["cyt"][:, 0].float()).cpu().numpy()  # [B, S, S]
+    nuc_probs = torch.sigmoid(logits["nuc"][:, 0].float()).cpu().numpy()
+    return [
+        (unletterbox(cell_probs[i], box, image.shape[:2]), unletterbox(nuc_probs[i], box, image.shape[:2]))
+        for i, (image, (_, _, box)) in enumerate(zip(images, boxed))
+    ]
+
+
+def masks_from_probs(cell_prob: np.ndarray, nuc_prob: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Threshold; the nucleus is kept inside the cell, as it is in every ground truth."""
+    nuc_mask = nuc_prob > MASK_THRESHOLD
+    cell_mask = (cell_prob > MASK_THRESHOLD) | nuc_mask
+    return cell_mask, nuc_mask
+
+
+def mask_paths(masks_dir: Path, record: CellRecord) -> Tuple[Path, Path]:
+    return masks_dir / f"{record.sample_id}_cyt.png", masks_dir / f"{record.sample_id}_nuc.png"
+
+
+def iter_predicted_masks(model, records: Sequence[CellRecord], size: int, device: torch.device, batch_size: int = 16,
+                         desc: str = "predicting masks") -> Iterator[Tuple[CellRecord, np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (record, RGB image, cell mask, nucleus mask) for every record, masks at the image's own size."""
+    with tqdm(total=len(records), desc=desc, unit="cell") as progress:
+        for chunk in batched(list(records), batch_size):
+            images = [load_image(r) for r in chunk]
+            for record, image, probs in zip(chunk, images, predict_mask_probs(model, images, size, device)):
+                yield (record, image, *masks_from_probs(*probs))
+            progress.update(len(chunk))
+
+
+def export_masks(model, records: Sequence[CellRecord], masks_dir: Path, size: int, device: torch.device,
+                 batch_size: int = 16) -> int:
+    """Write one cell (cytoplasm) and one nucleus PNG (0/255, the image's own size) per record. Returns the count."""
+    written = 0
+    for record, _, cell_mask, nuc_mask in iter_predicted_masks(model, records, size, device, batch_size, "exporting masks"):
+        cyt_path, nuc_path = mask_paths(masks_dir, record)
+        cyt_path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(cyt_path), cell_mask.astype(np.uint8) * 255)
+        cv2.imwrite(str(nuc_path), nuc_mask.astype(np.uint8) * 255)
+        written += 1
+    return written
+
+
+class PredictedMaskFiles:
+    """Mask provider reading the masks that export_masks wrote."""
+
+    def __init__(self, masks_dir: Path):
+        self.masks_dir = Path(masks_dir)
+
+    def missing(self, records: Sequence[CellRecord]) -> List[CellRecord]:
+        return [r for r in records if not all(p.exists() for p in mask_paths(self.masks_dir, r))]
+
+    def __call__(self, record: CellRecord, shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+        cyt_path, nuc_path = mask_paths(self.masks_dir, record)
+        return read_mask(cyt_path, shape), read_mask(nuc_path, shape)
+
+
+@torch.no_grad()
+def predict_class_probs(model, inputs: torch.Tensor, device: torch.device) -> np.ndarray:
+    """Softmax probabilities [B, K] for 5-channel inputs [B, 5, S, S]."""
+    amp_dtype = autocast_dtype(device)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model(inputs.to(device))
+    return torch.softmax(logits.float(), dim=1).cpu().numpy()

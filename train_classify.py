@@ -1,0 +1,110 @@
+"""Stage 2: train the 5-channel cell classifier (run it through main_classify.py).
+
+This module holds what is particular to classification (mask source, loss, metrics, model
+config); the epoch loop, validation and checkpoints are the shared engine's.
+"""
+import argparse
+from collections import Counter
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.classification_model import ConvNeXtAttentionClassifier
+from tools.config import build_with_pretrained_fallback
+from tools.data_loader import CellRecord, MaskProvider, ground_truth_masks
+from tools.datasets import ClassificationDataset, prepare_cells
+from tools.engine import RunState, Task, fit, make_loader, resolve_device, seed_everything, warmup_cosine
+from tools.errors import UserError
+from tools.inference import PredictedMaskFiles, export_masks, load_model
+from tools.metrics import classification_metrics
+from tools.splits import open_split
+
+
+class ClassificationBatchMeter:
+    """Collects softmax probabilities and labels; reports accuracy, balanced accuracy and macro-F1."""
+
+    def __init__(self, class_names: Sequence[str]):
+        self.class_names = list(class_names)
+        self.probs: List[np.ndarray] = []
+        self.labels: List[np.ndarray] = []
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        self.labels.append(labels.cpu().numpy())
+
+    def compute(self) -> Dict[str, float]:
+        report = classification_metrics(np.concatenate(self.labels), np.concatenate(self.probs), self.class_names)
+        return {name: report[name] for name in ("accuracy", "balanced_accuracy", "macro_f1")}
+
+
+def inverse_frequency_weights(records: Sequence[CellRecord], class_names: Sequence[str]) -> torch.Tensor:
+    """Weights proportional to 1 / class count, scaled to average 1 over the classes."""
+    counts = Counter(r.label for r in records)
+    weights = torch.tensor([1.0 / max(counts[name], 1) for name in class_names])
+    return weights * len(class_names) / weights.sum()
+
+
+def classification_task(class_names: Sequence[str], class_weights: Optional[torch.Tensor], label_smoothing: float) -> Task:
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weight = class_weights.to(logits.device) if class_weights is not None else None
+        return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=label_smoothing)
+
+    return Task("classification", loss, lambda: ClassificationBatchMeter(class_names), monitor="macro_f1")
+
+
+def mask_provider(args: argparse.Namespace, records: Sequence[CellRecord], device: torch.device) -> MaskProvider:
+    """Ground-truth masks, or the masks stage 1 predicts (exporting any that are missing first)."""
+    if args.mask_source == "gt":
+        if not records[0].has_masks:
+            raise UserError(f"{args.data_root}: --mask-source gt needs a layout with masks; use --mask-source predicted")
+        return ground_truth_masks
+    masks_dir = args.output_dir / "outputs" / "masks"
+    provider = PredictedMaskFiles(masks_dir)
+    missing = provider.missing(records)
+    if missing:
+        seg_checkpoint = args.seg_checkpoint or args.output_dir / "checkpoints" / "segmentation_best.pth"
+        print(f"{len(missing)} cells have no predicted masks in {masks_dir}; predicting them with {seg_checkpoint}")
+        seg_model, checkpoint = load_model(seg_checkpoint, "segmentation", device)
+        export_masks(seg_model, missing, masks_dir, checkpoint["args"]["img_size"], device)
+    return provider
+
+
+def model_config(args: argparse.Namespace, class_names: Sequence[str]) -> Dict:
+    return dict(num_classes=len(class_names), in_chans=5, backbone=args.backbone)
+
+
+def train(args: argparse.Namespace) -> Dict:
+    """Train stage 2 on the train split, validating on val. Returns the best validation metrics."""
+    seed_everything(args.seed, args.deterministic)
+    device = resolve_device(args.device)
+
+    # 1. Cells, split, class names and where the masks come from
+    split = open_split(args)
+    class_names = sorted({r.label for r in split.records})
+    provider = mask_provider(args, split.by_split["train"] + split.by_split["val"], device)
+
+    # 2. Decode and letterbox once (RGB + masks), then wrap in augmenting datasets
+    train_cells = prepare_cells(split.by_split["train"], args.img_size, provider, desc="loading train cells")
+    val_cells = prepare_cells(split.by_split["val"], args.img_size, provider, desc="loading val cells")
+    train_loader = make_loader(ClassificationDataset(train_cells, class_names, train=True), args.batch_size, True,
+                               args.workers, device, args.seed, drop_last=len(train_cells.images) > args.batch_size)
+    val_loader = make_loader(ClassificationDataset(val_cells, class_names, train=False), args.batch_size, False,
+                             args.workers, device, args.seed)
+
+    # 3. Model, loss, optimiser, schedule
+    config = model_config(args, class_names)
+    model, origin = build_with_pretrained_fallback(ConvNeXtAttentionClassifier, config, args.weights, args.pretrained, args.allow_download)
+    model.to(device)
+    weights = inverse_frequency_weights(split.by_split["train"], class_names) if args.class_weights else None
+    task = classification_task(class_names, weights, args.label_smoothing)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = warmup_cosine(optimizer, args.epochs * len(train_loader), int(args.warmup_epochs * len(train_loader)))
+    print(f"classification: {args.backbone} ({origin}), {len(class_names)} classes, {len(train_cells.images)} train / "
+          f"{len(val_cells.images)} val cells, {args.mask_source} masks, {args.img_size}px, {args.epochs} epochs on {device}")
+
+    # 4. Train
+    run = RunState("classification", vars(args), config, class_names)
+    return fit(model, task, train_loader, val_loader, optimizer, scheduler, device, args.epochs, run,
+               args.output_dir / "checkpoints", args.output_dir / "logs" / "classification", args.resume)

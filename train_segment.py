@@ -1,0 +1,86 @@
+"""Stage 1: train the dual-head segmentation U-Net (run it through main_segment.py).
+
+This module holds what is particular to segmentation (loss, metrics, model config); the epoch
+loop, validation and checkpoints are the shared engine's.
+"""
+import argparse
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+
+from model.segmentation_model import HEADS, DualHeadAttConvNeXtUNet
+from tools.config import build_with_pretrained_fallback
+from tools.datasets import SegmentationDataset, prepare_cells
+from tools.engine import RunState, Task, fit, make_loader, resolve_device, seed_everything, warmup_cosine
+from tools.errors import UserError
+from tools.metrics import SegmentationMeter
+from tools.splits import open_split
+
+
+def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """BCE plus soft Dice, Dice computed per image: logits and target [B, H, W]."""
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    probs = torch.sigmoid(logits).flatten(1)
+    target = target.flatten(1)
+    dice = (2 * (probs * target).sum(1) + smooth) / (probs.sum(1) + target.sum(1) + smooth)
+    return bce + (1 - dice).mean()
+
+
+def segmentation_loss(outputs: Dict[str, torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+    """Mean over the heads of Dice + BCE; masks [B, 2, H, W] hold cell then nucleus."""
+    return sum(dice_bce_loss(outputs[head][:, 0].float(), masks[:, i]) for i, head in enumerate(HEADS)) / len(HEADS)
+
+
+class SegmentationBatchMeter:
+    """Dice, IoU and pixel accuracy per head from logits thresholded at 0 (probability 0.5)."""
+
+    def __init__(self):
+        self.meter = SegmentationMeter(HEADS)
+
+    def update(self, outputs: Dict[str, torch.Tensor], masks: torch.Tensor) -> None:
+        for i, head in enumerate(HEADS):
+            self.meter.update(head, outputs[head][:, 0] > 0, masks[:, i] > 0.5)
+
+    def compute(self) -> Dict[str, float]:
+        return self.meter.compute()
+
+
+SEGMENTATION_TASK = Task("segmentation", segmentation_loss, SegmentationBatchMeter, monitor="dice_mean")
+
+
+def model_config(args: argparse.Namespace) -> Dict:
+    return dict(backbone=args.backbone, decoder_channels=list(args.decoder_channels))
+
+
+def train(args: argparse.Namespace) -> Dict:
+    """Train stage 1 on the train split, validating on val. Returns the best validation metrics."""
+    seed_everything(args.seed, args.deterministic)
+    device = resolve_device(args.device)
+
+    # 1. Cells with masks, and the split
+    split = open_split(args)
+    if not split.records[0].has_masks:
+        raise UserError(f"{args.data_root}: the {split.layout} layout has no masks to train segmentation on; "
+                        f"train stage 1 on a data root with masks and pass its checkpoint with --seg-checkpoint")
+
+    # 2. Decode and letterbox once, then wrap in augmenting datasets
+    train_cells = prepare_cells(split.by_split["train"], args.img_size, desc="loading train cells")
+    val_cells = prepare_cells(split.by_split["val"], args.img_size, desc="loading val cells")
+    train_loader = make_loader(SegmentationDataset(train_cells, train=True), args.batch_size, True, args.workers,
+                               device, args.seed, drop_last=len(train_cells.images) > args.batch_size)
+    val_loader = make_loader(SegmentationDataset(val_cells, train=False), args.batch_size, False, args.workers, device, args.seed)
+
+    # 3. Model, optimiser, schedule
+    config = model_config(args)
+    model, origin = build_with_pretrained_fallback(DualHeadAttConvNeXtUNet, config, args.weights, args.pretrained, args.allow_download)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = warmup_cosine(optimizer, args.epochs * len(train_loader), int(args.warmup_epochs * len(train_loader)))
+    print(f"segmentation: {args.backbone} ({origin}), {len(train_cells.images)} train / {len(val_cells.images)} val cells, "
+          f"{args.img_size}px, {args.epochs} epochs on {device}")
+
+    # 4. Train
+    run = RunState("segmentation", vars(args), config)
+    return fit(model, SEGMENTATION_TASK, train_loader, val_loader, optimizer, scheduler, device, args.epochs, run,
+               args.output_dir / "checkpoints", args.output_dir / "logs" / "segmentation", args.resume)
