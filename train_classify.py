@@ -15,7 +15,7 @@ from model.classification_model import ConvNeXtAttentionClassifier
 from tools.config import build_with_pretrained_fallback
 from tools.data_loader import CellRecord, MaskProvider, ground_truth_masks
 from tools.datasets import ClassificationDataset, prepare_cells
-from tools.engine import RunState, Task, fit, make_loader, resolve_device, seed_everything, warmup_cosine
+from tools.engine import RunState, Task, adamw, fit, make_loader, resolve_device, seed_everything, warmup_cosine
 from tools.errors import UserError
 from tools.inference import PredictedMaskFiles, export_masks, load_model
 from tools.metrics import classification_metrics
@@ -99,7 +99,7 @@ def train(args: argparse.Namespace) -> Dict:
     model.to(device)
     weights = inverse_frequency_weights(split.by_split["train"], class_names) if args.class_weights else None
     task = classification_task(class_names, weights, args.label_smoothing)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = adamw(model, args.lr, args.weight_decay)
     scheduler = warmup_cosine(optimizer, args.epochs * len(train_loader), int(args.warmup_epochs * len(train_loader)))
     print(f"classification: {args.backbone} ({origin}), {len(class_names)} classes, {len(train_cells.images)} train / "
           f"{len(val_cells.images)} val cells, {args.mask_source} masks, {args.img_size}px, {args.epochs} epochs on {device}")

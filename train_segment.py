@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from model.segmentation_model import HEADS, DualHeadAttConvNeXtUNet
 from tools.config import build_with_pretrained_fallback
 from tools.datasets import SegmentationDataset, prepare_cells
-from tools.engine import RunState, Task, fit, make_loader, resolve_device, seed_everything, warmup_cosine
+from tools.engine import RunState, Task, adamw, fit, make_loader, resolve_device, seed_everything, warmup_cosine
 from tools.errors import UserError
 from tools.metrics import SegmentationMeter
 from tools.splits import open_split
@@ -75,7 +75,7 @@ def train(args: argparse.Namespace) -> Dict:
     config = model_config(args)
     model, origin = build_with_pretrained_fallback(DualHeadAttConvNeXtUNet, config, args.weights, args.pretrained, args.allow_download)
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = adamw(model, args.lr, args.weight_decay)
     scheduler = warmup_cosine(optimizer, args.epochs * len(train_loader), int(args.warmup_epochs * len(train_loader)))
     print(f"segmentation: {args.backbone} ({origin}), {len(train_cells.images)} train / {len(val_cells.images)} val cells, "
           f"{args.img_size}px, {args.epochs} epochs on {device}")

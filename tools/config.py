@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 from tools.errors import UserError
+from tools.pretrained import offline_weights
 
 # Stage defaults: the seed's full configuration, meant for a GPU.
 STAGE_DEFAULTS = {
@@ -85,6 +86,8 @@ def build_with_pretrained_fallback(factory: Callable, config: Dict, weights: Opt
 
     Returns (model, what it started from). Says once, on stdout, when it trains from scratch.
     """
+    if weights is None and pretrained:
+        weights = offline_weights(config.get("backbone", ""))
     if weights is not None:
         return factory(**config, pretrained_file=str(weights)), f"weights {weights}"
     if pretrained:
