@@ -8,11 +8,11 @@ import torch
 from tqdm import tqdm
 
 from model.classification_model import ConvNeXtAttentionClassifier
-from model.segmentation_model import DualHeadAttConvNeXtUNet
+from model.segmentation_model import HEADS, DualHeadAttConvNeXtUNet
 from tools.data_loader import CellRecord, load_image
 from tools.engine import autocast_dtype, load_checkpoint
 from tools.errors import UserError
-from utils.preprocessing import letterbox, normalize_image, read_mask, unletterbox
+from utils.preprocessing import fill_holes, largest_component, letterbox, normalize_image, read_mask, unletterbox
 
 MASK_THRESHOLD = 0.5
 
@@ -34,16 +34,31 @@ def batched(items: Sequence, batch_size: int) -> Iterator[Sequence]:
         yield items[start:start + batch_size]
 
 
+FLIP_DIMS = ((), (-1,), (-2,))  # identity, horizontal, vertical: cells have no preferred orientation
+
+
+def flip_averaged(predict, inputs: torch.Tensor, device: torch.device, spatial_output: bool) -> torch.Tensor:
+    """Test-time augmentation: average predictions over flips (flipped back when the output is a map)."""
+    amp_dtype = autocast_dtype(device)
+    total = 0
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        for dims in FLIP_DIMS:
+            output = predict(inputs.flip(dims) if dims else inputs).float()
+            total = total + (output.flip(dims) if dims and spatial_output else output)
+    return total / len(FLIP_DIMS)
+
+
 @torch.no_grad()
 def predict_mask_probs(model, images: Sequence[np.ndarray], size: int, device: torch.device) -> List[Tuple[np.ndarray, np.ndarray]]:
     """Cell and nucleus probabilities [H, W] for a batch of RGB images, each at its own size."""
     boxed = [letterbox(image, [], size) for image in images]
     batch = torch.from_numpy(np.stack([normalize_image(canvas) for canvas, _, _ in boxed])).to(device)
-    amp_dtype = autocast_dtype(device)
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = model(batch)
-    cell_probs = torch.sigmoid(logits["cyt"][:, 0].float()).cpu().numpy()  # [B, S, S]
-    nuc_probs = torch.sigmoid(logits["nuc"][:, 0].float()).cpu().numpy()
+    def head_probs(x: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        return torch.cat([torch.sigmoid(logits[head].float()) for head in HEADS], dim=1)  # [B, 2, S, S]: cyt, nuc
+
+    probs = flip_averaged(head_probs, batch, device, spatial_output=True)
+    cell_probs, nuc_probs = probs[:, 0].cpu().numpy(), probs[:, 1].cpu().numpy()
     return [
         (unletterbox(cell_probs[i], box, image.shape[:2]), unletterbox(nuc_probs[i], box, image.shape[:2]))
         for i, (image, (_, _, box)) in enumerate(zip(images, boxed))
@@ -51,10 +66,10 @@ def predict_mask_probs(model, images: Sequence[np.ndarray], size: int, device: t
 
 
 def masks_from_probs(cell_prob: np.ndarray, nuc_prob: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Threshold; the nucleus is kept inside the cell, as it is in every ground truth."""
-    nuc_mask = nuc_prob > MASK_THRESHOLD
-    cell_mask = (cell_prob > MASK_THRESHOLD) | nuc_mask
-    return cell_mask, nuc_mask
+    """Threshold, then shape priors of a single-cell image: one solid cell, one solid nucleus inside it."""
+    cell_mask = fill_holes(largest_component(cell_prob > MASK_THRESHOLD))
+    nuc_mask = fill_holes(largest_component((nuc_prob > MASK_THRESHOLD) & cell_mask))
+    return cell_mask | nuc_mask, nuc_mask
 
 
 def mask_paths(masks_dir: Path, record: CellRecord) -> Tuple[Path, Path]:
@@ -101,8 +116,6 @@ class PredictedMaskFiles:
 
 @torch.no_grad()
 def predict_class_probs(model, inputs: torch.Tensor, device: torch.device) -> np.ndarray:
-    """Softmax probabilities [B, K] for 5-channel inputs [B, 5, S, S]."""
-    amp_dtype = autocast_dtype(device)
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = model(inputs.to(device))
-    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+    """Softmax probabilities [B, K] for 5-channel inputs [B, 5, S, S], averaged over flips."""
+    probs = flip_averaged(lambda x: torch.softmax(model(x).float(), dim=1), inputs.to(device), device, spatial_output=False)
+    return probs.cpu().numpy()

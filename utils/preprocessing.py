@@ -114,3 +114,19 @@ def build_augmentation(train: bool) -> A.Compose:
 def normalize_image(image: np.ndarray) -> np.ndarray:
     """uint8 RGB [H, W, 3] -> float32 [3, H, W] normalised with ImageNet statistics."""
     return ((image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill enclosed background: cells and nuclei are solid."""
+    padded = np.pad(mask.astype(np.uint8), 1)
+    outside = padded.copy()
+    cv2.floodFill(outside, None, (0, 0), 1)  # everything reachable from the border is background
+    return (padded | (1 - outside)).astype(bool)[1:-1, 1:-1]
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 8-connected component (a cell image shows one main cell and one main nucleus)."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return mask.astype(bool)
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
