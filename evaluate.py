@@ -15,7 +15,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
-from tools.config import check_output_dir, data_parser
+from tools.config import HelpFormatter, check_output_dir, data_parser
 from tools.data_loader import CellRecord, ground_truth_masks, read_records
 from tools.datasets import ClassificationDataset, prepare_cells
 from tools.engine import make_loader, resolve_device
@@ -31,7 +31,7 @@ SIPAKMED_NORMAL = ("im_Superficial-Intermediate", "im_Parabasal", "im_Metaplasti
 
 def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate the segmentation and classification checkpoints.",
-                                     parents=[data_parser()], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     parents=[data_parser()], formatter_class=HelpFormatter)
     group = parser.add_argument_group("evaluation")
     group.add_argument("--split", default="test", choices=["test", "val", "all"],
                        help="cells to evaluate: a split of the manifest, or every cell of --data-root (any layout)")

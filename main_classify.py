@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 
 import train_classify
-from tools.config import check_output_dir, resolve_args, training_parser
+from tools.config import HelpFormatter, check_output_dir, resolve_args, training_parser
 from tools.errors import exit_on_user_error
 
 
 def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train the 5-channel ConvNeXt cell classifier on RGB + predicted (or ground-truth) masks.",
-        parents=[training_parser()], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        parents=[training_parser("classification")], formatter_class=HelpFormatter)
     group = parser.add_argument_group("classification")
     group.add_argument("--mask-source", default="predicted", choices=["predicted", "gt"],
                        help="masks given to the classifier: stage 1's predictions, or the ground truth")

@@ -9,7 +9,7 @@ import argparse
 import time
 
 import train_segment
-from tools.config import check_output_dir, resolve_args, training_parser
+from tools.config import HelpFormatter, check_output_dir, resolve_args, stage_default, training_parser
 from tools.engine import resolve_device
 from tools.errors import exit_on_user_error
 from tools.inference import export_masks, load_model
@@ -19,10 +19,10 @@ from tools.splits import open_split
 def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Train the dual-head (cytoplasm + nucleus) attention U-Net, then export masks for every cell.",
-        parents=[training_parser()], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        parents=[training_parser("segmentation")], formatter_class=HelpFormatter)
     group = parser.add_argument_group("segmentation")
     group.add_argument("--decoder-channels", type=int, nargs=3, default=None, metavar=("D16", "D8", "D4"),
-                       help="decoder widths at strides 16/8/4 (stage default 256 128 64; --preset cpu halves them)")
+                       help=f"decoder widths at strides 16/8/4 {stage_default('segmentation', 'decoder_channels')}")
     group.add_argument("--skip-export", action="store_true", help="train only; do not write outputs/masks/")
     return resolve_args(parser, "segmentation", argv)
 

@@ -23,12 +23,22 @@ PRESETS = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where it says something (not None/False) and the help does not already."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def data_parser() -> argparse.ArgumentParser:
     """Flags that say where the data is and how it is read and split (used by every script)."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("data")
-    group.add_argument("--data-root", type=Path, default=Path("data/demo"), help="folder holding the class folders (default: data/demo)")
-    group.add_argument("--output-dir", type=Path, default=Path("."), help="run folder for checkpoints/, logs/, outputs/, splits/ (default: .)")
+    group.add_argument("--data-root", type=Path, default=Path("data/demo"), help="folder holding the class folders")
+    group.add_argument("--output-dir", type=Path, default=Path("."), help="run folder for checkpoints/, logs/, outputs/, splits/")
     group.add_argument("--layout", default="auto", choices=["auto", "sipakmed", "paired", "labels"], help="data layout; auto detects it from the folder")
     group.add_argument("--sipakmed-source", default="cropped", choices=["cropped", "clusters"],
                        help="SIPaKMeD cells: the CROPPED/ crops, or cells cut from the cluster images by their polygons")
@@ -38,21 +48,30 @@ def data_parser() -> argparse.ArgumentParser:
     group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split when it is first made")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--workers", type=int, default=2, help="data loader worker processes")
-    group.add_argument("--batch-size", type=int, default=None, help="images per batch (stage default; see --preset)")
+    group.add_argument("--batch-size", type=int, default=None, help="images per batch (training: stage default, see --preset; evaluation: 16)")
     return parser
 
 
-def training_parser() -> argparse.ArgumentParser:
-    """Flags of a training stage; defaults marked 'stage default' come from STAGE_DEFAULTS or --preset."""
+def stage_default(stage: str, name: str) -> str:
+    """'default 50; --preset cpu: 30' for a flag whose default depends on the stage and the preset."""
+    text = f"default {STAGE_DEFAULTS[stage][name]}"
+    for preset, overrides in PRESETS.items():
+        if name in overrides[stage]:
+            text += f"; --preset {preset}: {overrides[stage][name]}"
+    return f"({text})".replace("[", "").replace("]", "").replace(",", "")
+
+
+def training_parser(stage: str) -> argparse.ArgumentParser:
+    """Flags of a training stage; unset ones are filled from --preset, then STAGE_DEFAULTS, by resolve_args."""
     parser = argparse.ArgumentParser(add_help=False, parents=[data_parser()])
     group = parser.add_argument_group("training")
     group.add_argument("--preset", default=None, choices=sorted(PRESETS), help="named settings for a small machine; explicit flags still win")
-    group.add_argument("--epochs", type=int, default=None, help="training epochs (stage default)")
-    group.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (stage default)")
+    group.add_argument("--epochs", type=int, default=None, help=f"training epochs {stage_default(stage, 'epochs')}")
+    group.add_argument("--lr", type=float, default=None, help=f"peak AdamW learning rate {stage_default(stage, 'lr')}")
     group.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     group.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up before the cosine decay")
-    group.add_argument("--img-size", type=int, default=None, help="square input side in pixels, divisible by 32 (stage default)")
-    group.add_argument("--backbone", default=None, help="timm model name of the encoder (stage default: convnext_tiny)")
+    group.add_argument("--img-size", type=int, default=None, help=f"square input side in pixels, divisible by 32 {stage_default(stage, 'img_size')}")
+    group.add_argument("--backbone", default=None, help=f"timm model name of the encoder {stage_default(stage, 'backbone')}")
     group.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                        help="start from ImageNet weights found in the local timm/Hugging Face cache")
     group.add_argument("--weights", type=Path, default=None, help="local pretrained weights file for the backbone (implies --pretrained)")
