@@ -21,7 +21,7 @@ from tools.datasets import ClassificationDataset, prepare_cells
 from tools.engine import make_loader, resolve_device
 from tools.errors import UserError, exit_on_user_error
 from tools.inference import iter_predicted_masks, load_model, predict_class_probs
-from tools.metrics import SegmentationMeter, binary_metrics, classification_metrics
+from tools.metrics import SegmentationMeter, binary_metrics, bootstrap_accuracy_ci, classification_metrics
 from tools.splits import open_split
 from utils.visualization import overlay_masks, plot_confusion_matrix, plot_roc_curves, save_overlay_grid
 
@@ -113,6 +113,7 @@ def main(argv=None) -> None:
     predicted_masks, seg_metrics, panels = segment_and_score(args, records, device)
     labels, probs, class_names = classify(args, records, predicted_masks, device)
     cls_metrics = classification_metrics(labels, probs, class_names)
+    cls_metrics["accuracy_ci95"] = bootstrap_accuracy_ci(labels, probs.argmax(axis=1))
     normal = normal_class_names(class_names, args.normal_classes)
     abnormal = [c for c in class_names if c not in normal]
     results = {
@@ -133,7 +134,8 @@ def print_summary(results: Dict, eval_dir: Path) -> None:
     if seg:
         print(f"segmentation ({results['num_cells']} cells): dice cyt {seg['dice_cyt']:.4f}  nuc {seg['dice_nuc']:.4f}  "
               f"iou cyt {seg['iou_cyt']:.4f}  nuc {seg['iou_nuc']:.4f}")
-    print(f"classification ({results['mask_source']} masks): accuracy {cls['accuracy']:.4f}  balanced {cls['balanced_accuracy']:.4f}  "
+    low, high = cls["accuracy_ci95"]
+    print(f"classification ({results['mask_source']} masks): accuracy {cls['accuracy']:.4f} (95% CI {low:.3f}-{high:.3f})  balanced {cls['balanced_accuracy']:.4f}  "
           f"macro-F1 {cls['macro_f1']:.4f}  ROC-AUC {cls['roc_auc_macro'] or float('nan'):.4f}")
     if results["normal_vs_abnormal"]:
         print(f"normal vs abnormal: accuracy {results['normal_vs_abnormal']['accuracy']:.4f}")

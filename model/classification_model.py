@@ -98,7 +98,8 @@ class ConvNeXtAttentionClassifier(nn.Module):
         self.head = AttentionPoolingHead(channels, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.se(self.backbone.forward_features(x))  # [B, C, H/32, W/32]
+        # backbone(x), not forward_features(x): timm keeps ConvNeXt's final norm in its (pool-less) head
+        return self.se(self.backbone(x))  # [B, C, H/32, W/32]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))

@@ -331,3 +331,17 @@ def test_ece_matches_direct_computation(n_bins):
         if in_bin.any():
             expected += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
     assert expected_calibration_error(labels, probs, n_bins) == pytest.approx(expected)
+
+
+def test_bootstrap_accuracy_ci_brackets_the_accuracy_and_narrows_with_more_cells():
+    from tools.metrics import bootstrap_accuracy_ci
+
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (50, 2000):
+        y_true = rng.integers(0, 3, n)
+        y_pred = np.where(rng.random(n) < 0.8, y_true, (y_true + 1) % 3)
+        low, high = bootstrap_accuracy_ci(y_true, y_pred)
+        assert low <= (y_true == y_pred).mean() <= high
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 3  # the interval shrinks roughly as 1/sqrt(n)

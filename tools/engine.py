@@ -19,6 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from tools.errors import UserError
+from utils.preprocessing import seed_augmentation
 
 
 @dataclass
@@ -46,18 +47,24 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def seed_worker(worker_id: int) -> None:
     """Give each loader worker its own reproducible numpy/random/albumentations stream."""
+    import cv2
+
+    cv2.setNumThreads(1)  # workers are processes already; nested thread pools only fight over the cores
+    torch.set_num_threads(1)
     info = get_worker_info()
     seed = info.seed % 2**32  # torch derives it from the main process RNG, so it follows --seed
     random.seed(seed)
     np.random.seed(seed)
     augment = getattr(info.dataset, "augment", None)
     if augment is not None:
-        augment.set_random_seed(seed)
+        seed_augmentation(augment, seed)
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, device: torch.device, seed: int,
                 sampler=None, drop_last: bool = False) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
+    if workers == 0 and hasattr(dataset, "augment"):
+        seed_augmentation(dataset.augment, seed)  # seed_worker only runs in worker processes
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,

@@ -381,3 +381,20 @@ def expected_calibration_error(y_true, y_prob, n_bins=15):
     """
     mean_confidence, accuracy, count = reliability_bins(y_true, y_prob, n_bins)
     return float(np.sum(count / count.sum() * np.abs(accuracy - mean_confidence)))
+
+
+# ---------------------------------------------------------------------------
+# Uncertainty
+# ---------------------------------------------------------------------------
+
+def bootstrap_accuracy_ci(y_true, y_pred, n_resamples=2000, level=0.95, seed=0):
+    """Percentile bootstrap interval of the accuracy, resampling cells with replacement.
+
+    Returns:
+        [low, high] as floats.
+    """
+    correct = (np.asarray(y_true) == np.asarray(y_pred)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    resampled = correct[rng.integers(0, correct.size, size=(n_resamples, correct.size))].mean(axis=1)
+    tail = (1.0 - level) / 2 * 100
+    return [float(np.percentile(resampled, tail)), float(np.percentile(resampled, 100 - tail))]

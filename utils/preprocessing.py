@@ -37,9 +37,11 @@ def read_image(path: Path) -> np.ndarray:
 
 def read_mask(path: Path, expected_shape: Tuple[int, int]) -> np.ndarray:
     """Read a mask image as bool [H, W]; any non-zero pixel is foreground."""
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # not GRAYSCALE: that drops the low byte of 16-bit masks
     if mask is None:
         raise UserError(f"{path}: mask cannot be read; replace it or remove the cell")
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
     if mask.shape != tuple(expected_shape):
         raise UserError(
             f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
@@ -109,6 +111,17 @@ def build_augmentation(train: bool) -> A.Compose:
         A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.04, p=0.7),
         A.GaussianBlur(blur_limit=(3, 5), p=0.2),
     ])
+
+
+def seed_augmentation(augment: A.Compose, seed: int) -> None:
+    """Seed a pipeline so that its transforms draw independent streams.
+
+    Compose.set_random_seed gives every transform the SAME seed, which makes e.g. the horizontal
+    and vertical flips always fire together; each transform gets a seed of its own here.
+    """
+    augment.set_random_seed(seed)
+    for index, transform in enumerate(augment.transforms):
+        transform.set_random_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
 
 
 def normalize_image(image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny datasets written into temporary folders (the tests never read /work/shared)."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network for model weights
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tools.demo_data import make_demo_dataset
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A SIPaKMeD-layout demo dataset (5 classes x 2 cluster images). Read-only: copy it before editing."""
+    return make_demo_dataset(tmp_path_factory.mktemp("demo") / "demo", clusters_per_class=2, seed=0)
+
+
+def write_paired_dataset(root: Path, classes=("abnormal", "normal"), cells_per_class=3, size=(40, 56)) -> Path:
+    """A Herlev-like folder: <class>/<n>.BMP with <n>N.png (nucleus) and <n>C.png (cytoplasm WITHOUT nucleus).
+
+    Cell k of every class is an ellipse of cytoplasm with a round nucleus in it; images are BGR on disk.
+    """
+    height, width = size
+    for class_index, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for cell in range(1, cells_per_class + 1):
+            centre = (width // 2 + cell - 2, height // 2)
+            cell_mask = np.zeros((height, width), np.uint8)
+            cv2.ellipse(cell_mask, centre, (width // 3, height // 3), 0, 0, 360, 255, -1)
+            nuc_mask = np.zeros((height, width), np.uint8)
+            cv2.circle(nuc_mask, centre, 4 + class_index + cell, 255, -1)
+            image = np.full((height, width, 3), 220, np.uint8)
+            image[cell_mask > 0] = (180, 120, 200)
+            image[nuc_mask > 0] = (90, 40, 60)
+            stem = folder / f"{cell}"
+            assert cv2.imwrite(f"{stem}.BMP", image)
+            assert cv2.imwrite(f"{stem}N.png", nuc_mask)
+            assert cv2.imwrite(f"{stem}C.png", np.where(nuc_mask > 0, 0, cell_mask).astype(np.uint8))
+    return root
+
+
+@pytest.fixture
+def make_paired():
+    """The write_paired_dataset helper, as a fixture: make_paired(root, classes=..., cells_per_class=...)."""
+    return write_paired_dataset

@@ -1,0 +1,309 @@
+"""Behaviour of utils/preprocessing.py: reading, rasterising, letterboxing, augmentation, normalisation."""
+import cv2
+import numpy as np
+import pytest
+
+from tools.errors import UserError
+from utils.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PAD_RGB,
+    build_augmentation,
+    letterbox,
+    letterbox_box,
+    normalize_image,
+    rasterize_polygons,
+    read_image,
+    read_mask,
+    unletterbox,
+)
+
+
+# ---------------------------------------------------------------- read_image
+
+def test_bgr_on_disk_becomes_rgb(tmp_path):
+    red_bgr = np.zeros((6, 8, 3), np.uint8)
+    red_bgr[..., 2] = 255  # OpenCV writes BGR: this file is pure red
+    for ext in ("png", "bmp", "tif"):
+        path = tmp_path / f"red.{ext}"
+        assert cv2.imwrite(str(path), red_bgr)
+        image = read_image(path)
+        assert image.dtype == np.uint8 and image.shape == (6, 8, 3)
+        assert (image[..., 0] == 255).all() and (image[..., 1:] == 0).all(), ext
+
+
+def test_grayscale_becomes_three_equal_channels(tmp_path):
+    gray = np.arange(48, dtype=np.uint8).reshape(6, 8) * 5
+    cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    image = read_image(tmp_path / "gray.png")
+    assert image.shape == (6, 8, 3)
+    for channel in range(3):
+        assert np.array_equal(image[..., channel], gray)
+
+
+def test_rgba_drops_alpha_and_keeps_colour_order(tmp_path):
+    bgra = np.zeros((5, 5, 4), np.uint8)
+    bgra[..., 0] = 200  # blue
+    bgra[..., 1] = 100  # green
+    bgra[..., 2] = 10  # red
+    bgra[..., 3] = 0  # fully transparent: alpha is ignored, not multiplied in
+    cv2.imwrite(str(tmp_path / "rgba.png"), bgra)
+    image = read_image(tmp_path / "rgba.png")
+    assert image.shape == (5, 5, 3)
+    assert tuple(image[0, 0]) == (10, 100, 200)
+
+
+@pytest.mark.parametrize("ext", ["png", "tif"])
+def test_16_bit_images_are_scaled_to_8_bit(tmp_path, ext):
+    bgr16 = np.zeros((4, 4, 3), np.uint16)
+    bgr16[..., 2] = 65535  # red at full scale
+    bgr16[..., 1] = 257 * 128  # green at half scale
+    bgr16[0, 0] = 0
+    path = tmp_path / f"deep.{ext}"
+    assert cv2.imwrite(str(path), bgr16)
+    assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).dtype == np.uint16  # really a 16-bit file
+    image = read_image(path)
+    assert image.dtype == np.uint8
+    assert tuple(image[1, 1]) == (255, 128, 0)
+    assert tuple(image[0, 0]) == (0, 0, 0)
+
+    gray16 = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4369)  # 0 .. 65535
+    cv2.imwrite(str(tmp_path / f"gray16.{ext}"), gray16)
+    gray = read_image(tmp_path / f"gray16.{ext}")
+    assert gray.shape == (4, 4, 3)
+    assert np.array_equal(gray[..., 0], np.arange(16, dtype=np.uint8).reshape(4, 4) * 17)
+
+
+def test_float_tiff_is_stretched_to_8_bit(tmp_path):
+    data = np.linspace(-1, 3, 20, dtype=np.float32).reshape(4, 5)
+    assert cv2.imwrite(str(tmp_path / "float.tiff"), data)
+    image = read_image(tmp_path / "float.tiff")
+    assert image.dtype == np.uint8 and image.shape == (4, 5, 3)
+    assert image.min() == 0 and image.max() == 255
+    assert (np.diff(image[..., 0].ravel().astype(int)) >= 0).all()  # order of values kept
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 20])
+def test_unreadable_file_is_a_user_error_naming_it(tmp_path, content):
+    path = tmp_path / "broken_cell.png"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="broken_cell.png"):
+        read_image(path)
+
+
+def test_missing_image_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="nowhere.bmp"):
+        read_image(tmp_path / "nowhere.bmp")
+
+
+# ---------------------------------------------------------------- read_mask
+
+def test_read_mask_any_nonzero_is_foreground(tmp_path):
+    mask = np.zeros((6, 7), np.uint8)
+    mask[1:3, 2:5] = 255
+    mask[5, 6] = 1  # a 0/1 mask value counts too
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    read = read_mask(tmp_path / "m.png", (6, 7))
+    assert read.dtype == bool
+    assert np.array_equal(read, mask > 0)
+
+
+def test_read_mask_size_mismatch_is_a_user_error(tmp_path):
+    cv2.imwrite(str(tmp_path / "12N.png"), np.zeros((6, 7), np.uint8))
+    with pytest.raises(UserError, match=r"12N\.png.*7x6.*8x6"):
+        read_mask(tmp_path / "12N.png", (6, 8))
+
+
+def test_read_mask_unreadable_is_a_user_error(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"")
+    with pytest.raises(UserError, match="bad.png"):
+        read_mask(tmp_path / "bad.png", (4, 4))
+
+
+def test_read_mask_16_bit(tmp_path):
+    mask = np.zeros((6, 7), np.uint16)
+    mask[1:3, 2:5] = 255
+    cv2.imwrite(str(tmp_path / "m16.png"), mask)
+    assert np.array_equal(read_mask(tmp_path / "m16.png", (6, 7)), mask > 0)
+
+
+# ---------------------------------------------------------------- rasterize_polygons
+
+def test_square_fills_exactly_its_pixels_inclusive():
+    square = np.array([(2, 3), (7, 3), (7, 8), (2, 8)], np.float32)  # x, y
+    expected = np.zeros((12, 10), bool)
+    expected[3:9, 2:8] = True  # rows 3..8, cols 2..7: vertices lie on pixel centres, boundary included
+    assert np.array_equal(rasterize_polygons([square], (12, 10)), expected)
+
+
+def test_x_is_column_and_y_is_row():
+    tall = np.array([(1, 0), (2, 0), (2, 6), (1, 6)], np.float32)
+    mask = rasterize_polygons([tall], (8, 4))
+    assert mask[:, 1:3].all(axis=1)[:7].all() and mask.sum() == 2 * 7
+
+
+def test_triangle_area_is_close_to_the_analytic_area():
+    legs = 60.0
+    triangle = np.array([(10.3, 10.7), (10.3 + legs, 10.7), (10.3, 10.7 + legs)], np.float32)
+    area = legs * legs / 2
+    count = rasterize_polygons([triangle], (90, 90)).sum()
+    # boundary pixels are included, so the count exceeds the area by about half the perimeter at most
+    half_perimeter = (2 * legs + legs * np.sqrt(2)) / 2
+    assert area <= count <= area + half_perimeter + 2
+    assert abs(count - area) / area < 0.06
+
+
+def test_subpixel_vertices_are_not_rounded_to_whole_pixels():
+    # a 0.4 px shift of every vertex moves no boundary over a pixel centre: same mask; 0.6 px does
+    base = np.array([(2, 2), (6, 2), (6, 6), (2, 6)], np.float32)
+    assert np.array_equal(rasterize_polygons([base + 0.4], (10, 10)), rasterize_polygons([base], (10, 10)))
+    assert rasterize_polygons([base], (10, 10))[2, 2]
+    assert not rasterize_polygons([base + 0.6], (10, 10))[2, 2]
+
+
+def test_several_polygons_are_united_and_an_empty_list_is_empty():
+    a = np.array([(0, 0), (2, 0), (2, 2), (0, 2)], np.float32)
+    b = a + 5
+    mask = rasterize_polygons([a, b], (10, 10))
+    assert mask.sum() == 9 + 9 and mask[0, 0] and mask[7, 7]
+    assert rasterize_polygons([], (4, 5)).shape == (4, 5) and not rasterize_polygons([], (4, 5)).any()
+
+
+# ---------------------------------------------------------------- letterbox / unletterbox
+
+def coloured_cell(height, width):
+    """Grey background with a red rectangle; returns (image, mask of exactly the red pixels)."""
+    image = np.full((height, width, 3), 200, np.uint8)
+    mask = np.zeros((height, width), bool)
+    mask[height // 4: height // 2, width // 3: width // 3 + width // 4] = True
+    image[mask] = (220, 30, 30)
+    return image, mask
+
+
+@pytest.mark.parametrize("height,width", [(40, 80), (80, 40), (50, 50), (300, 120), (10, 30)])
+def test_letterbox_keeps_aspect_and_pads_with_pad_rgb(height, width):
+    image, mask = coloured_cell(height, width)
+    boxed, (boxed_mask,), box = letterbox(image, [mask], 64)
+    assert boxed.shape == (64, 64, 3) and boxed.dtype == np.uint8
+    assert boxed_mask.shape == (64, 64)
+    assert max(box.height, box.width) == 64
+    assert abs(box.width / box.height - width / height) < 0.05 * width / height + 1 / min(box.height, box.width)
+    # centred
+    assert abs(box.top - (64 - box.height - box.top)) <= 1 and abs(box.left - (64 - box.width - box.left)) <= 1
+    inside = np.zeros((64, 64), bool)
+    inside[box.top:box.top + box.height, box.left:box.left + box.width] = True
+    assert (boxed[~inside] == PAD_RGB).all()
+    assert not boxed_mask[~inside].any()
+
+
+@pytest.mark.parametrize("height,width", [(40, 80), (120, 90), (20, 24)])
+def test_letterboxed_masks_stay_on_their_pixels(height, width):
+    image, mask = coloured_cell(height, width)
+    boxed, (boxed_mask,), _ = letterbox(image, [mask], 64)
+    red = (boxed[..., 0].astype(int) - boxed[..., 1]) > 100  # the red rectangle after resizing
+    boxed_mask = boxed_mask.astype(bool)
+    assert boxed_mask.any()
+    iou = (red & boxed_mask).sum() / (red | boxed_mask).sum()
+    assert iou > 0.75, iou  # only the interpolated border pixels may disagree
+
+
+def test_letterbox_mask_values_stay_binary():
+    image, mask = coloured_cell(37, 91)
+    _, boxed_masks, _ = letterbox(image, [mask, np.ones_like(mask)], 128)
+    for boxed in boxed_masks:
+        assert boxed.dtype == np.uint8 and set(np.unique(boxed)) <= {0, 1}
+
+
+def test_letterbox_box_matches_letterbox():
+    image = np.zeros((30, 90, 3), np.uint8)
+    assert letterbox(image, [], 96)[2] == letterbox_box(30, 90, 96)
+    box = letterbox_box(30, 90, 96)
+    assert (box.height, box.width, box.top, box.left) == (32, 96, 32, 0)
+
+
+@pytest.mark.parametrize("height,width,size", [(40, 80, 64), (90, 60, 128), (200, 150, 64)])
+def test_unletterbox_restores_shape_and_content(height, width, size):
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    smooth = (np.sin(xx / 9.0) + np.cos(yy / 7.0) + 2) / 4  # in [0, 1], slowly varying
+    image = np.repeat((smooth * 255).astype(np.uint8)[..., None], 3, axis=2)
+    boxed, _, box = letterbox(image, [], size)
+    prob = boxed[..., 0].astype(np.float32) / 255
+    outside = np.ones((size, size), bool)
+    outside[box.top:box.top + box.height, box.left:box.left + box.width] = False
+    prob[outside] = -1  # the padding must not leak back into the restored map
+    restored = unletterbox(prob, box, (height, width))
+    assert restored.shape == (height, width)
+    error = np.abs(restored - smooth)
+    assert error.mean() < 0.03 and np.percentile(error, 99) < 0.15
+    assert restored.min() >= 0
+
+
+# ---------------------------------------------------------------- augmentation
+
+def seed_each_transform(augment, seed):
+    """Reproducible but independent draws per transform (Compose.set_random_seed gives them all one stream)."""
+    for index, transform in enumerate(augment.transforms):
+        transform.set_random_seed(seed * 100 + index)
+
+
+def test_eval_augmentation_is_identity():
+    image, mask = coloured_cell(64, 64)
+    out = build_augmentation(train=False)(image=image, masks=[mask.astype(np.uint8)])
+    assert np.array_equal(out["image"], image)
+    assert np.array_equal(out["masks"][0], mask)
+
+
+def test_train_augmentation_moves_masks_with_the_image():
+    """Whatever geometric transform is drawn, the mask still marks the coloured pixels afterwards."""
+    size = 64
+    image = np.full((size, size, 3), PAD_RGB, np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    cv2.ellipse(mask, (22, 38), (12, 7), 30, 0, 360, 1, -1)  # off-centre and asymmetric: flips show
+    mask[8:16, 40:52] = 1
+    image[mask > 0] = (200, 40, 160)
+    augment = build_augmentation(train=True)
+    moved = 0
+    for seed in range(25):
+        seed_each_transform(augment, seed)
+        out = augment(image=image, masks=[mask, 1 - mask])
+        out_image, (out_mask, out_inverse) = out["image"], out["masks"]
+        assert out_image.shape == image.shape and out_mask.shape == mask.shape
+        assert set(np.unique(out_mask)) <= {0, 1}
+        colour = out_image.astype(int)
+        # the grey background has no saturation, whatever the colour jitter; blur smears the edge, so the
+        # coloured region is where saturation is above half of the cell's
+        saturation = colour.max(axis=2) - colour.min(axis=2)
+        coloured = saturation > 0.5 * np.percentile(saturation, 99)
+        marked = out_mask > 0
+        iou = (coloured & marked).sum() / (coloured | marked).sum()
+        assert iou > 0.9, (seed, iou)
+        moved += not np.array_equal(out_mask, mask)
+        # masks are padded with 0, not with their own edge: the inverse mask shows no padded "cell"
+        assert (out_mask & out_inverse).sum() == 0
+    assert moved >= 20  # the transforms really are geometric most of the time
+
+
+def test_train_augmentation_changes_colour_only_in_the_image():
+    image = np.full((32, 32, 3), (180, 120, 90), np.uint8)
+    mask = np.ones((32, 32), np.uint8)
+    augment = build_augmentation(train=True)
+    changed = 0
+    for seed in range(10):
+        seed_each_transform(augment, seed)
+        out = augment(image=image, masks=[mask])
+        changed += not np.array_equal(out["image"], image)
+        assert set(np.unique(out["masks"][0])) <= {0, 1}
+    assert changed >= 5
+
+
+# ---------------------------------------------------------------- normalisation
+
+def test_normalize_image_is_chw_float_with_imagenet_statistics():
+    image = np.zeros((4, 6, 3), np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = 255, 0, 128
+    out = normalize_image(image)
+    assert out.shape == (3, 4, 6) and out.dtype == np.float32
+    expected = (np.array([1.0, 0.0, 128 / 255], np.float32) - IMAGENET_MEAN) / IMAGENET_STD
+    assert np.allclose(out[:, 2, 3], expected, atol=1e-6)
+    mean_pixel = np.round(IMAGENET_MEAN * 255).astype(np.uint8)
+    assert np.abs(normalize_image(np.broadcast_to(mean_pixel, (2, 2, 3)).copy())).max() < 0.01
