@@ -24,6 +24,8 @@ def get_args(argv=None) -> argparse.Namespace:
                        help="masks given to the classifier: stage 1's predictions, or the ground truth")
     group.add_argument("--seg-checkpoint", type=Path, default=None,
                        help="stage 1 checkpoint for missing masks (default: <output-dir>/checkpoints/segmentation_best.pth)")
+    group.add_argument("--masks-dir", type=Path, default=None,
+                       help="predicted masks to train on (default: <output-dir>/outputs/masks, where main_segment.py writes them)")
     group.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=True,
                        help="weight the loss by inverse class frequency")
     group.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")

@@ -60,7 +60,7 @@ def mask_provider(args: argparse.Namespace, records: Sequence[CellRecord], devic
         if not records[0].has_masks:
             raise UserError(f"{args.data_root}: --mask-source gt needs a layout with masks; use --mask-source predicted")
         return ground_truth_masks
-    masks_dir = args.output_dir / "outputs" / "masks"
+    masks_dir = args.masks_dir or args.output_dir / "outputs" / "masks"
     provider = PredictedMaskFiles(masks_dir)
     missing = provider.missing(records)
     if missing:

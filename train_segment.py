@@ -4,18 +4,19 @@ This module holds what is particular to segmentation (loss, metrics, model confi
 loop, validation and checkpoints are the shared engine's.
 """
 import argparse
-from typing import Dict
+from pathlib import Path
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from model.segmentation_model import HEADS, DualHeadAttConvNeXtUNet
 from tools.config import build_with_pretrained_fallback
+from tools.data_loader import CellRecord
 from tools.datasets import SegmentationDataset, prepare_cells
 from tools.engine import RunState, Task, adamw, fit, make_loader, resolve_device, seed_everything, warmup_cosine
 from tools.errors import UserError
 from tools.metrics import SegmentationMeter
-from tools.splits import open_split
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -53,25 +54,26 @@ def model_config(args: argparse.Namespace) -> Dict:
     return dict(backbone=args.backbone, decoder_channels=list(args.decoder_channels))
 
 
-def train(args: argparse.Namespace) -> Dict:
-    """Train stage 1 on the train split, validating on val. Returns the best validation metrics."""
+def check_has_masks(records: Sequence[CellRecord], data_root) -> None:
+    if not records[0].has_masks:
+        raise UserError(f"{data_root}: this layout has no masks to train segmentation on; train stage 1 on a data "
+                        f"root with masks and give main_classify.py its checkpoint with --seg-checkpoint")
+
+
+def train(args: argparse.Namespace, train_records: Sequence[CellRecord], val_records: Sequence[CellRecord],
+          checkpoint_dir: Path, log_dir: Path, resume: Optional[Path] = None) -> Dict:
+    """Train stage 1 on train_records, validating on val_records. Returns the best validation metrics."""
     seed_everything(args.seed, args.deterministic)
     device = resolve_device(args.device)
 
-    # 1. Cells with masks, and the split
-    split = open_split(args)
-    if not split.records[0].has_masks:
-        raise UserError(f"{args.data_root}: the {split.layout} layout has no masks to train segmentation on; "
-                        f"train stage 1 on a data root with masks and pass its checkpoint with --seg-checkpoint")
-
-    # 2. Decode and letterbox once, then wrap in augmenting datasets
-    train_cells = prepare_cells(split.by_split["train"], args.img_size, desc="loading train cells")
-    val_cells = prepare_cells(split.by_split["val"], args.img_size, desc="loading val cells")
+    # 1. Decode and letterbox once, then wrap in augmenting datasets
+    train_cells = prepare_cells(train_records, args.img_size, desc="loading train cells")
+    val_cells = prepare_cells(val_records, args.img_size, desc="loading val cells")
     train_loader = make_loader(SegmentationDataset(train_cells, train=True), args.batch_size, True, args.workers,
                                device, args.seed, drop_last=len(train_cells.images) > args.batch_size)
     val_loader = make_loader(SegmentationDataset(val_cells, train=False), args.batch_size, False, args.workers, device, args.seed)
 
-    # 3. Model, optimiser, schedule
+    # 2. Model, optimiser, schedule
     config = model_config(args)
     model, origin = build_with_pretrained_fallback(DualHeadAttConvNeXtUNet, config, args.weights, args.pretrained, args.allow_download)
     model.to(device)
@@ -80,7 +82,7 @@ def train(args: argparse.Namespace) -> Dict:
     print(f"segmentation: {args.backbone} ({origin}), {len(train_cells.images)} train / {len(val_cells.images)} val cells, "
           f"{args.img_size}px, {args.epochs} epochs on {device}")
 
-    # 4. Train
+    # 3. Train
     run = RunState("segmentation", vars(args), config)
     return fit(model, SEGMENTATION_TASK, train_loader, val_loader, optimizer, scheduler, device, args.epochs, run,
-               args.output_dir / "checkpoints", args.output_dir / "logs" / "segmentation", args.resume)
+               checkpoint_dir, log_dir, resume)

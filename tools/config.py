@@ -10,14 +10,14 @@ from tools.pretrained import offline_weights
 # Stage defaults: the seed's full configuration, meant for a GPU.
 STAGE_DEFAULTS = {
     "segmentation": dict(backbone="convnext_tiny", img_size=256, batch_size=8, epochs=50, lr=1e-4,
-                         decoder_channels=[256, 128, 64]),
+                         decoder_channels=[256, 128, 64], oof_folds=0),
     "classification": dict(backbone="convnext_tiny", img_size=256, batch_size=16, epochs=30, lr=1e-4),
 }
 # `--preset cpu` overrides only what it must to train usefully on 2 CPU cores.
 PRESETS = {
     "cpu": {
         "segmentation": dict(backbone="convnext_atto", img_size=128, batch_size=16, epochs=30, lr=1e-3,
-                             decoder_channels=[128, 64, 32]),
+                             decoder_channels=[128, 64, 32], oof_folds=0),
         "classification": dict(backbone="convnext_atto", img_size=128, batch_size=32, epochs=40, lr=1e-3),
     },
 }

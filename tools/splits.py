@@ -122,3 +122,21 @@ def open_split(args) -> DatasetSplit:
         if not by_split[name]:
             raise UserError(f"{manifest_path}: the {name} split is empty ({len(records)} cells in all); add data")
     return DatasetSplit(records, layout, by_split)
+
+
+def group_folds(records: Sequence[CellRecord], num_folds: int, seed: int) -> List[List[CellRecord]]:
+    """Split records into folds by group, each class's groups dealt round-robin after a seeded shuffle."""
+    groups_by_label: Dict[str, List[str]] = defaultdict(list)
+    for record in records:
+        if record.group not in groups_by_label[record.label]:
+            groups_by_label[record.label].append(record.group)
+    rng = np.random.default_rng(seed)
+    fold_of: Dict[str, int] = {}
+    offset = 0
+    for label in sorted(groups_by_label):
+        groups = sorted(groups_by_label[label])
+        rng.shuffle(groups)
+        for index, group in enumerate(groups):
+            fold_of.setdefault(group, (offset + index) % num_folds)
+        offset += len(groups)  # the next class starts where this one stopped, so fold sizes stay even
+    return [[r for r in records if fold_of[r.group] == fold] for fold in range(num_folds)]
