@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from tools.data_loader import CellRecord, MaskProvider, ground_truth_masks, load_sample
-from utils.preprocessing import build_augmentation, letterbox, normalize_image
+from utils.preprocessing import build_augmentation, letterbox, normalize_image, seed_augmentation
 
 
 @dataclass
@@ -38,7 +38,12 @@ def prepare_cells(records: Sequence[CellRecord], size: int, mask_provider: Optio
 
 
 class AugmentedCells(Dataset):
-    """Applies one augmentation to image and masks together; subclasses shape the output."""
+    """Applies one augmentation to image and masks together; subclasses shape the output.
+
+    Items are requested as (index, seed) by the engine's SeededSampler, or by plain index.
+    """
+
+    takes_sample_seeds = True
 
     def __init__(self, cells: PreparedCells, train: bool):
         self.cells = cells
@@ -47,7 +52,10 @@ class AugmentedCells(Dataset):
     def __len__(self) -> int:
         return len(self.cells.images)
 
-    def augmented(self, index: int):
+    def augmented(self, item):
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        if seed is not None:
+            seed_augmentation(self.augment, seed)
         masks = list(self.cells.masks[index]) if self.cells.masks is not None else []
         out = self.augment(image=self.cells.images[index], masks=masks)
         image = torch.from_numpy(normalize_image(out["image"]))  # [3, S, S]
@@ -58,8 +66,8 @@ class AugmentedCells(Dataset):
 class SegmentationDataset(AugmentedCells):
     """Items: image [3, S, S] float, masks [2, S, S] float (cell, nucleus)."""
 
-    def __getitem__(self, index: int):
-        return self.augmented(index)
+    def __getitem__(self, item):
+        return self.augmented(item)
 
 
 class ClassificationDataset(AugmentedCells):
@@ -70,6 +78,7 @@ class ClassificationDataset(AugmentedCells):
         index_of = {name: i for i, name in enumerate(class_names)}
         self.labels = torch.tensor([index_of[r.label] for r in cells.records], dtype=torch.long)
 
-    def __getitem__(self, index: int):
-        image, masks = self.augmented(index)
+    def __getitem__(self, item):
+        image, masks = self.augmented(item)
+        index = item[0] if isinstance(item, tuple) else item
         return torch.cat([image, masks], dim=0), self.labels[index]

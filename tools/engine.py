@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, get_worker_info
@@ -47,10 +48,6 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 def seed_worker(worker_id: int) -> None:
     """Give each loader worker its own reproducible numpy/random/albumentations stream."""
-    import cv2
-
-    cv2.setNumThreads(1)  # workers are processes already; nested thread pools only fight over the cores
-    torch.set_num_threads(1)
     info = get_worker_info()
     seed = info.seed % 2**32  # torch derives it from the main process RNG, so it follows --seed
     random.seed(seed)
@@ -60,11 +57,42 @@ def seed_worker(worker_id: int) -> None:
         seed_augmentation(augment, seed)
 
 
+class SeededSampler(torch.utils.data.Sampler):
+    """Yields (index, augmentation seed) pairs drawn from (seed, epoch) alone.
+
+    An item's augmentation then depends on neither the worker that loads it nor the run's history,
+    so a run resumed at epoch k sees exactly the batches an uninterrupted run sees. fit() calls
+    set_epoch() before every epoch, as with DistributedSampler.
+    """
+
+    def __init__(self, num_samples: int, shuffle: bool, seed: int):
+        self.num_samples, self.shuffle, self.seed, self.epoch = num_samples, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.num_samples) if self.shuffle else np.arange(self.num_samples)
+        sample_seeds = rng.integers(0, 2**31, self.num_samples)
+        return iter(zip(order.tolist(), sample_seeds.tolist()))
+
+
 def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, device: torch.device, seed: int,
                 sampler=None, drop_last: bool = False) -> DataLoader:
+    """A DataLoader; datasets with `takes_sample_seeds` get a SeededSampler (exactly reproducible augmentation)."""
     generator = torch.Generator().manual_seed(seed)
-    if workers == 0 and hasattr(dataset, "augment"):
+    if sampler is None and getattr(dataset, "takes_sample_seeds", False):
+        sampler = SeededSampler(len(dataset), shuffle, seed)
+    elif workers == 0 and hasattr(dataset, "augment"):
         seed_augmentation(dataset.augment, seed)  # seed_worker only runs in worker processes
+    if workers > 0:
+        # Workers are processes already; an OpenCV thread pool inherited through fork can deadlock in the
+        # child and otherwise only fights the main process for the cores. Set it before the fork.
+        cv2.setNumThreads(1)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
@@ -180,6 +208,16 @@ def load_checkpoint(path: Path, stage: str) -> Dict[str, Any]:
     return checkpoint
 
 
+def rng_states() -> Dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def restore_rng_states(states: Dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
 # ---------------------------------------------------------------- the loop
 
 @dataclass
@@ -210,6 +248,8 @@ def fit(model, task: Task, train_loader, val_loader, optimizer, scheduler, devic
             scaler.load_state_dict(checkpoint["scaler"])
         start_epoch, best_score = checkpoint["epoch"] + 1, checkpoint["best_metric"]
         best_metrics = checkpoint.get("best_metrics", {})
+        if checkpoint.get("rng"):
+            restore_rng_states(checkpoint["rng"])  # dropout and the like continue as if never stopped
         print(f"resumed {run.stage} from {resume} at epoch {start_epoch}")
 
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -218,6 +258,8 @@ def fit(model, task: Task, train_loader, val_loader, optimizer, scheduler, devic
     try:
         for epoch in range(start_epoch, epochs + 1):
             started = time.time()
+            if hasattr(train_loader.sampler, "set_epoch"):
+                train_loader.sampler.set_epoch(epoch)
             train_stats = train_one_epoch(model, train_loader, task, optimizer, scheduler, device, epoch, scaler, amp_dtype)
             val_stats = evaluate(model, val_loader, task, device, amp_dtype)
             score = val_stats[task.monitor]
@@ -229,6 +271,7 @@ def fit(model, task: Task, train_loader, val_loader, optimizer, scheduler, devic
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "epoch": epoch, "best_metric": best_score, "best_metrics": best_metrics, "monitor": task.monitor,
                 "args": run.args, "model_config": run.model_config, "class_names": run.class_names,
+                "rng": rng_states(),
             }
             save_checkpoint(checkpoint_dir / f"{run.stage}_last.pth", state)
             if is_best:
