@@ -8,7 +8,7 @@ HERLEV ?= ../shared/data/herlev
 # timm must never wait on the network for pretrained weights (it retries ~47 s offline)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test herlev clean
+.PHONY: setup demo test herlev benchmark clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ herlev: setup
 	$(PY) main_segment.py --data-root $(HERLEV) --output-dir runs/herlev --preset cpu
 	$(PY) main_classify.py --data-root $(HERLEV) --output-dir runs/herlev --preset cpu
 	$(PY) evaluate.py --data-root $(HERLEV) --output-dir runs/herlev
+
+# Both stages with --preset cpu on Herlev, classifier over 3 seeds, GT-mask variant: results.json + results.md
+benchmark: setup
+	$(PY) benchmarks/herlev.py --data-root $(HERLEV) --output-dir runs/benchmark_herlev
 
 clean:
 	rm -rf $(DEMO_RUN) runs/herlev

@@ -22,7 +22,7 @@ from tools.engine import make_loader, resolve_device
 from tools.errors import UserError, exit_on_user_error
 from tools.inference import iter_predicted_masks, load_model, predict_class_probs
 from tools.metrics import SegmentationMeter, binary_metrics, bootstrap_accuracy_ci, classification_metrics
-from tools.splits import open_split
+from tools.splits import open_split, usable_cells
 from utils.visualization import overlay_masks, plot_confusion_matrix, plot_roc_curves, save_overlay_grid
 
 # SIPaKMeD's normal cells; Herlev's are the classes named normal_*
@@ -51,7 +51,8 @@ def get_args(argv=None) -> argparse.Namespace:
 
 def select_records(args: argparse.Namespace) -> List[CellRecord]:
     if args.split == "all":
-        return read_records(args.data_root, args.layout, args.sipakmed_source, args.nuc_suffix, args.cyt_suffix)[0]
+        records, _ = read_records(args.data_root, args.layout, args.sipakmed_source, args.nuc_suffix, args.cyt_suffix, args.skip_bad)
+        return usable_cells(records, args)
     return open_split(args).by_split[args.split]
 
 

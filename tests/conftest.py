@@ -47,3 +47,9 @@ def write_paired_dataset(root: Path, classes=("abnormal", "normal"), cells_per_c
 def make_paired():
     """The write_paired_dataset helper, as a fixture: make_paired(root, classes=..., cells_per_class=...)."""
     return write_paired_dataset
+
+
+@pytest.fixture(scope="session")
+def paired_root(tmp_path_factory) -> Path:
+    """A Herlev-like dataset, 2 classes x 6 cells (split 4 / 1 / 1 per class). Read-only: copy it before editing."""
+    return write_paired_dataset(tmp_path_factory.mktemp("paired") / "herlev", cells_per_class=6)

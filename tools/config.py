@@ -49,6 +49,9 @@ def data_parser() -> argparse.ArgumentParser:
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     group.add_argument("--batch-size", type=int, default=None, help="images per batch (training: stage default, see --preset; evaluation: 16)")
+    group.add_argument("--skip-bad", action="store_true",
+                       help="leave out cells whose image, mask or boundary file is bad and list them in "
+                            "<output-dir>/skipped_cells.txt (default: stop at the first one)")
     return parser
 
 

@@ -14,7 +14,7 @@ makes both mean the same thing.
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -40,6 +40,7 @@ class CellRecord:
     nuc_polygons: List[np.ndarray] = field(default_factory=list)
     polygon_files: Tuple[Path, ...] = ()  # for error messages
     crop_box: Optional[Tuple[int, int, int, int]] = None  # x0, y0, x1, y1 inside image_path
+    problem: Optional[str] = None  # under --skip-bad: the error that makes this cell unusable (raised when it is loaded)
 
     @property
     def has_masks(self) -> bool:
@@ -51,6 +52,31 @@ class CellSample:
     image: np.ndarray  # uint8 RGB [H, W, 3]
     cell_mask: Optional[np.ndarray]  # bool [H, W], cytoplasm + nucleus
     nuc_mask: Optional[np.ndarray]  # bool [H, W]
+
+
+# ---------------------------------------------------------------- bad cells
+
+SKIP_BAD_HINT = "or pass --skip-bad to leave bad cells out"
+T = TypeVar("T")
+
+
+def with_skip_hint(error: UserError) -> UserError:
+    """The same one-cell error, its advice extended by the way past it."""
+    return UserError(f"{error}, {SKIP_BAD_HINT}")
+
+
+def read_cell_files(read: Callable[[], T], skip_bad: bool) -> Tuple[Optional[T], Optional[str]]:
+    """Run the reading of one cell's files: (result, None), or under --skip-bad (None, the error) for a bad cell.
+
+    Without --skip-bad the error stops the run. With it the cell is still recorded, so the split manifest
+    keeps describing the files present, and it is left out when the cells are checked.
+    """
+    try:
+        return read(), None
+    except UserError as error:
+        if not skip_bad:
+            raise with_skip_hint(error) from None
+        return None, str(error)
 
 
 # ---------------------------------------------------------------- .dat polygons
@@ -102,7 +128,18 @@ def sipakmed_inner_folder(class_folder: Path) -> Path:
     return inner if inner.is_dir() else class_folder
 
 
-def read_sipakmed_cropped(root: Path) -> List[CellRecord]:
+CropPolygons = Tuple[List[np.ndarray], List[np.ndarray], Tuple[Path, ...]]  # cytoplasm, nuclei, their files
+
+
+def read_crop_polygons(image_path: Path) -> CropPolygons:
+    cyt_file, nuc_file = (image_path.parent / f"{image_path.stem}_{part}.dat" for part in ("cyt", "nuc"))
+    if not cyt_file.exists():
+        raise UserError(f"{image_path}: no {cyt_file.name} beside it; every SIPaKMeD crop needs its cytoplasm boundary")
+    nuc_files = [nuc_file] if nuc_file.exists() else []
+    return [read_dat_polygon(cyt_file)], [read_dat_polygon(f) for f in nuc_files], (cyt_file, *nuc_files)
+
+
+def read_sipakmed_cropped(root: Path, skip_bad: bool = False) -> List[CellRecord]:
     records = []
     for class_folder in class_folders(root):
         crops = sipakmed_inner_folder(class_folder) / "CROPPED"
@@ -110,15 +147,12 @@ def read_sipakmed_cropped(root: Path) -> List[CellRecord]:
             continue
         for image_path in image_files(crops):
             cluster_id = image_path.stem.split("_")[0]
-            cyt_file, nuc_file = (crops / f"{image_path.stem}_{part}.dat" for part in ("cyt", "nuc"))
-            if not cyt_file.exists():
-                raise UserError(f"{image_path}: no {cyt_file.name} beside it; every SIPaKMeD crop needs its cytoplasm boundary")
-            nuc_files = [nuc_file] if nuc_file.exists() else []
+            polygons, problem = read_cell_files(lambda: read_crop_polygons(image_path), skip_bad)
+            cyt_polygons, nuc_polygons, polygon_files = polygons or ([], [], ())
             records.append(CellRecord(
                 sample_id=image_path.relative_to(root).with_suffix("").as_posix(), image_path=image_path,
                 label=class_folder.name, group=f"{class_folder.name}/{cluster_id}",
-                cyt_polygons=[read_dat_polygon(cyt_file)], nuc_polygons=[read_dat_polygon(f) for f in nuc_files],
-                polygon_files=(cyt_file, *nuc_files),
+                cyt_polygons=cyt_polygons, nuc_polygons=nuc_polygons, polygon_files=polygon_files, problem=problem,
             ))
     return records
 
@@ -134,37 +168,59 @@ def nucleus_owner(nuc_polygon: np.ndarray, cyt_polygons: Sequence[np.ndarray]) -
     return None
 
 
-def read_sipakmed_clusters(root: Path) -> List[CellRecord]:
-    """One record per _cytNN.dat, cut out of its cluster image with a margin; polygons move with the crop."""
+def cluster_cell_record(root: Path, label: str, image_path: Path, cyt_file: Path, **fields) -> CellRecord:
+    return CellRecord(
+        sample_id=f"{image_path.relative_to(root).with_suffix('').as_posix()}_{cyt_file.stem.split('_cyt')[-1]}",
+        image_path=image_path, label=label, group=f"{label}/{image_path.stem}", **fields)
+
+
+def read_cluster_cells(root: Path, label: str, image_path: Path, cyt_files: Sequence[Path],
+                       nuc_files: Sequence[Path]) -> List[CellRecord]:
+    """The cells of one cluster image, each cut out with a margin; polygons move with the crop."""
+    cyt_polygons = [read_dat_polygon(f) for f in cyt_files]
+    nuclei_by_cell: Dict[int, List[Tuple[np.ndarray, Path]]] = {}
+    for nuc_file in nuc_files:
+        nuc_polygon = read_dat_polygon(nuc_file)
+        owner = nucleus_owner(nuc_polygon, cyt_polygons)
+        if owner is not None:
+            nuclei_by_cell.setdefault(owner, []).append((nuc_polygon, nuc_file))
+    records = []
+    for index, (cyt_polygon, cyt_file) in enumerate(zip(cyt_polygons, cyt_files)):
+        x0, y0 = np.floor(cyt_polygon.min(axis=0)).astype(int) - CLUSTER_CROP_MARGIN
+        x1, y1 = np.ceil(cyt_polygon.max(axis=0)).astype(int) + CLUSTER_CROP_MARGIN + 1
+        x0, y0 = max(x0, 0), max(y0, 0)  # the far edges are clipped once the image size is known
+        offset = np.array([x0, y0], dtype=np.float32)
+        nuclei = nuclei_by_cell.get(index, [])
+        records.append(cluster_cell_record(
+            root, label, image_path, cyt_file, cyt_polygons=[cyt_polygon - offset],
+            nuc_polygons=[p - offset for p, _ in nuclei], polygon_files=(cyt_file, *(f for _, f in nuclei)),
+            crop_box=(int(x0), int(y0), int(x1), int(y1))))
+    return records
+
+
+def read_sipakmed_clusters(root: Path, skip_bad: bool = False) -> List[CellRecord]:
+    """One record per _cytNN.dat of every cluster image."""
     records = []
     for class_folder in class_folders(root):
         folder = sipakmed_inner_folder(class_folder)
         for image_path in image_files(folder):
             cyt_files = sorted(folder.glob(f"{image_path.stem}_cyt*.dat"))
             nuc_files = sorted(folder.glob(f"{image_path.stem}_nuc*.dat"))
-            cyt_polygons = [read_dat_polygon(f) for f in cyt_files]
-            nuclei_by_cell: Dict[int, List[Tuple[np.ndarray, Path]]] = {}
-            for nuc_file in nuc_files:
-                nuc_polygon = read_dat_polygon(nuc_file)
-                owner = nucleus_owner(nuc_polygon, cyt_polygons)
-                if owner is not None:
-                    nuclei_by_cell.setdefault(owner, []).append((nuc_polygon, nuc_file))
-            for index, (cyt_polygon, cyt_file) in enumerate(zip(cyt_polygons, cyt_files)):
-                x0, y0 = np.floor(cyt_polygon.min(axis=0)).astype(int) - CLUSTER_CROP_MARGIN
-                x1, y1 = np.ceil(cyt_polygon.max(axis=0)).astype(int) + CLUSTER_CROP_MARGIN + 1
-                x0, y0 = max(x0, 0), max(y0, 0)  # the far edges are clipped once the image size is known
-                offset = np.array([x0, y0], dtype=np.float32)
-                nuclei = nuclei_by_cell.get(index, [])
-                records.append(CellRecord(
-                    sample_id=f"{image_path.relative_to(root).with_suffix('').as_posix()}_{cyt_file.stem.split('_cyt')[-1]}",
-                    image_path=image_path, label=class_folder.name, group=f"{class_folder.name}/{image_path.stem}",
-                    cyt_polygons=[cyt_polygon - offset], nuc_polygons=[p - offset for p, _ in nuclei],
-                    polygon_files=(cyt_file, *(f for _, f in nuclei)), crop_box=(int(x0), int(y0), int(x1), int(y1)),
-                ))
+            label = class_folder.name
+            cells, problem = read_cell_files(lambda: read_cluster_cells(root, label, image_path, cyt_files, nuc_files), skip_bad)
+            # Nuclei are matched to cells across the whole image, so one bad file leaves every cell of it in doubt
+            records.extend(cells if problem is None else
+                           [cluster_cell_record(root, label, image_path, f, problem=problem) for f in cyt_files])
     return records
 
 
-def read_paired(root: Path, nuc_suffix: str = "N.png", cyt_suffix: str = "C.png") -> List[CellRecord]:
+def check_masks_beside(image_path: Path, mask_paths: Sequence[Path]) -> None:
+    missing = [p.name for p in mask_paths if not p.exists()]
+    if missing:
+        raise UserError(f"{image_path}: missing mask {', '.join(missing)} beside it; add it or remove the image")
+
+
+def read_paired(root: Path, nuc_suffix: str = "N.png", cyt_suffix: str = "C.png", skip_bad: bool = False) -> List[CellRecord]:
     records = []
     for class_folder in class_folders(root):
         for image_path in image_files(class_folder):
@@ -172,13 +228,11 @@ def read_paired(root: Path, nuc_suffix: str = "N.png", cyt_suffix: str = "C.png"
                 continue
             nuc_path = class_folder / f"{image_path.stem}{nuc_suffix}"
             cyt_path = class_folder / f"{image_path.stem}{cyt_suffix}"
-            missing = [p.name for p in (nuc_path, cyt_path) if not p.exists()]
-            if missing:
-                raise UserError(f"{image_path}: missing mask {', '.join(missing)} beside it; add it or remove the image")
+            _, problem = read_cell_files(lambda: check_masks_beside(image_path, (nuc_path, cyt_path)), skip_bad)
             records.append(CellRecord(
                 sample_id=image_path.relative_to(root).with_suffix("").as_posix(), image_path=image_path,
                 label=class_folder.name, group=f"{class_folder.name}/{image_path.stem}",
-                cyt_mask_path=cyt_path, nuc_mask_path=nuc_path,
+                cyt_mask_path=cyt_path, nuc_mask_path=nuc_path, problem=problem,
             ))
     return records
 
@@ -202,23 +256,27 @@ def detect_layout(root: Path, nuc_suffix: str = "N.png") -> str:
     if images:
         return "labels"
     raise UserError(
-        f"{root}: no known data layout found. Expected one of: sipakmed (im_<Class>/im_<Class>/*.bmp with "
-        f"*_cytNN.dat, or CROPPED/*_cyt.dat), paired (<class>/<n>.bmp with <n>N.png and <n>C.png), "
-        f"labels (<class>/*.png|jpg|bmp|tif). Point --data-root at the folder that holds the class folders"
+        f"{root}: no known data layout found (expected one of: sipakmed: im_<Class>/im_<Class>/*.bmp with "
+        f"*_cytNN.dat, or CROPPED/*_cyt.dat; paired: <class>/<n>.bmp with <n>N.png and <n>C.png; "
+        f"labels: <class>/*.png|jpg|bmp|tif); point --data-root at the folder that holds the class folders"
     )
 
 
-def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropped",
-                 nuc_suffix: str = "N.png", cyt_suffix: str = "C.png") -> Tuple[List[CellRecord], str]:
-    """Read every cell of a data root. Returns (records sorted by sample_id, the layout used)."""
+def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropped", nuc_suffix: str = "N.png",
+                 cyt_suffix: str = "C.png", skip_bad: bool = False) -> Tuple[List[CellRecord], str]:
+    """Read every cell of a data root. Returns (records sorted by sample_id, the layout used).
+
+    A cell whose boundary or mask files are bad stops the run; under skip_bad it is kept with its `problem`.
+    """
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: data root does not exist or is not a folder; pass --data-root PATH")
     layout = detect_layout(root, nuc_suffix) if layout == "auto" else layout
     if layout == "sipakmed":
-        records = read_sipakmed_cropped(root) if sipakmed_source == "cropped" else read_sipakmed_clusters(root)
+        read_sipakmed = read_sipakmed_cropped if sipakmed_source == "cropped" else read_sipakmed_clusters
+        records = read_sipakmed(root, skip_bad)
     elif layout == "paired":
-        records = read_paired(root, nuc_suffix, cyt_suffix)
+        records = read_paired(root, nuc_suffix, cyt_suffix, skip_bad)
     elif layout == "labels":
         records = read_labels_only(root)
     else:
@@ -240,13 +298,20 @@ def ground_truth_masks(record: CellRecord, shape: Tuple[int, int]) -> Tuple[np.n
     """(cell mask, nucleus mask) as bool [H, W] for a record with masks or polygons."""
     if record.cyt_mask_path is not None:
         nuc_mask = read_mask(record.nuc_mask_path, shape)
-        return read_mask(record.cyt_mask_path, shape) | nuc_mask, nuc_mask
-    if not record.cyt_polygons:
+        cell_mask, source = read_mask(record.cyt_mask_path, shape) | nuc_mask, record.cyt_mask_path
+    elif record.cyt_polygons:
+        check_polygons_inside(record.cyt_polygons + record.nuc_polygons, record.polygon_files, shape)
+        nuc_mask = rasterize_polygons(record.nuc_polygons, shape)
+        cell_mask, source = rasterize_polygons(record.cyt_polygons, shape) | nuc_mask, record.polygon_files[0]
+    else:
         raise UserError(f"{record.image_path}: this cell has no ground-truth masks; use --mask-source predicted")
-    files = record.polygon_files
-    check_polygons_inside(record.cyt_polygons + record.nuc_polygons, files, shape)
-    nuc_mask = rasterize_polygons(record.nuc_polygons, shape)
-    return rasterize_polygons(record.cyt_polygons, shape) | nuc_mask, nuc_mask
+    # An empty NUCLEUS mask is real data (a crop without a nuc file, an anucleate or out-of-focus nucleus). An
+    # empty CELL mask is not: a single-cell image always shows its cell, so the annotation was lost (a blank
+    # export, the wrong file), and training on it would teach "no cell here".
+    if not cell_mask.any():
+        raise UserError(f"{source}: the cell mask is empty (no foreground pixel, nucleus included); "
+                        f"outline the cell or remove it")
+    return cell_mask, nuc_mask
 
 
 def load_image(record: CellRecord) -> np.ndarray:
@@ -259,6 +324,8 @@ def load_image(record: CellRecord) -> np.ndarray:
 
 def load_sample(record: CellRecord, mask_provider: Optional[MaskProvider] = ground_truth_masks) -> CellSample:
     """Decode one cell at its own resolution; polygons are drawn at these coordinates, before any resize."""
+    if record.problem is not None:
+        raise UserError(record.problem)
     image = load_image(record)
     if mask_provider is None:
         return CellSample(image, None, None)

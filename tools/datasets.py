@@ -2,16 +2,20 @@
 
 Decoding, polygon drawing and letterboxing happen in the main process before training (with a
 progress bar), so a bad file stops the run at load time with its name, and workers only augment.
+check_cells decodes every cell of a data root once more, up front, so that a bad file stops (or under
+--skip-bad is left out of) a run before training, not at the mask export or evaluation after it.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from tools.data_loader import CellRecord, MaskProvider, ground_truth_masks, load_sample
+from tools.data_loader import CellRecord, CellSample, MaskProvider, ground_truth_masks, load_sample, with_skip_hint
+from tools.errors import UserError
 from utils.preprocessing import build_augmentation, letterbox, normalize_image, seed_augmentation
 
 
@@ -24,12 +28,65 @@ class PreparedCells:
     records: List[CellRecord]
 
 
+SKIPPED_CELLS_FILE = "skipped_cells.txt"
+MAX_SKIPPED_SHOWN = 10  # on the console; the file lists them all
+
+
+@dataclass
+class SkippedCell:
+    record: CellRecord
+    error: str  # "<file>: <what is wrong>; <what to do>"
+
+    def describe(self) -> str:
+        """'<file> (<what is wrong>)': the advice is left out, it is the same for every skipped cell."""
+        at_fault, _, what = self.error.split("; ")[0].partition(": ")
+        return f"{at_fault} ({what})" if what else at_fault
+
+
+def load_samples(records: Sequence[CellRecord], mask_provider: Optional[MaskProvider], desc: str,
+                 skipped: Optional[List[SkippedCell]] = None) -> Iterator[Tuple[CellRecord, CellSample]]:
+    """Decode cells one by one. A bad cell stops the run, or is added to `skipped` and left out when that is given."""
+    for record in tqdm(records, desc=desc, unit="cell", leave=False):
+        try:
+            sample = load_sample(record, mask_provider)
+        except UserError as error:
+            if skipped is None:
+                raise with_skip_hint(error) from None
+            skipped.append(SkippedCell(record, str(error)))
+            continue
+        yield record, sample
+
+
+def ground_truth_masks_if_any(record: CellRecord, shape: Tuple[int, int]):
+    return ground_truth_masks(record, shape) if record.has_masks else (None, None)
+
+
+def check_cells(records: Sequence[CellRecord], skip_bad: bool) -> Tuple[List[CellRecord], List[SkippedCell]]:
+    """Decode every cell's image and ground-truth masks once. Returns (usable cells, skipped cells).
+
+    Without skip_bad the first bad cell stops the run with its one-line error.
+    """
+    skipped: Optional[List[SkippedCell]] = [] if skip_bad else None
+    usable = [record for record, _ in load_samples(records, ground_truth_masks_if_any, "checking cells", skipped)]
+    return usable, skipped or []
+
+
+def report_skipped(skipped: Sequence[SkippedCell], output_dir: Path) -> None:
+    """Print `skipped N bad cells: ...` and list them all in <output-dir>/skipped_cells.txt."""
+    path = Path(output_dir) / SKIPPED_CELLS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{cell.describe()}\n" for cell in skipped))  # even when empty: a stale list would mislead
+    if skipped:
+        shown = ", ".join(cell.describe() for cell in skipped[:MAX_SKIPPED_SHOWN])
+        more = f", and {len(skipped) - MAX_SKIPPED_SHOWN} more" if len(skipped) > MAX_SKIPPED_SHOWN else ""
+        print(f"skipped {len(skipped)} bad cells: {shown}{more} (list in {path})")
+
+
 def prepare_cells(records: Sequence[CellRecord], size: int, mask_provider: Optional[MaskProvider] = ground_truth_masks,
                   desc: str = "loading cells") -> PreparedCells:
     images = np.empty((len(records), size, size, 3), dtype=np.uint8)
     masks = np.empty((len(records), 2, size, size), dtype=np.uint8) if mask_provider else None
-    for index, record in enumerate(tqdm(records, desc=desc, unit="cell", leave=False)):
-        sample = load_sample(record, mask_provider)
+    for index, (record, sample) in enumerate(load_samples(records, mask_provider, desc)):
         sample_masks = [sample.cell_mask, sample.nuc_mask] if mask_provider else []
         images[index], boxed_masks, _ = letterbox(sample.image, sample_masks, size)
         if masks is not None:

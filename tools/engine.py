@@ -230,6 +230,18 @@ class RunState:
     class_names: Optional[list] = None
 
 
+def check_resume_compatible(path: Path, checkpoint: Dict[str, Any], run: RunState) -> None:
+    """A resumed run must rebuild the model it saved, with the same classes: say what differs, not a state-dict dump."""
+    saved = {**checkpoint.get("model_config", {}), "class_names": checkpoint.get("class_names")}
+    wanted = {**run.model_config, "class_names": run.class_names}
+    differing = [key for key in sorted(saved.keys() | wanted.keys()) if saved.get(key) != wanted.get(key)]
+    if differing:
+        made = ", ".join(f"{key} {saved.get(key)}" for key in differing)
+        asked = ", ".join(f"{key} {wanted.get(key)}" for key in differing)
+        raise UserError(f"{path}: cannot resume: the checkpoint was made with {made}, this run has {asked}; "
+                        f"resume with the checkpoint's settings, or drop --resume to start a new run")
+
+
 def fit(model, task: Task, train_loader, val_loader, optimizer, scheduler, device, epochs: int, run: RunState,
         checkpoint_dir: Path, log_dir: Path, resume: Optional[Path] = None) -> Dict[str, Any]:
     """Train for `epochs`, validating each epoch; keep <stage>_last.pth and <stage>_best.pth.
@@ -241,6 +253,7 @@ def fit(model, task: Task, train_loader, val_loader, optimizer, scheduler, devic
     start_epoch, best_score, best_metrics = 1, -math.inf, {}
     if resume is not None:
         checkpoint = load_checkpoint(resume, run.stage)
+        check_resume_compatible(resume, checkpoint, run)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])

@@ -25,7 +25,8 @@ def load_model(path: Path, stage: str, device: torch.device):
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
-        raise UserError(f"{path}: weights do not fit the model described in the checkpoint ({str(error).splitlines()[0]}); retrain")
+        detail = " ".join(str(error).split())[:200]  # the first line is only a header; the keys follow it
+        raise UserError(f"{path}: weights do not fit the model described in the checkpoint ({detail}); retrain")
     return model.to(device).eval(), checkpoint
 
 

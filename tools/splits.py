@@ -14,6 +14,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from tools.data_loader import CellRecord, read_records
+from tools.datasets import check_cells, report_skipped
 from tools.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -108,20 +109,36 @@ def load_split(records: Sequence[CellRecord], manifest_path: Path, data_root: Pa
 
 @dataclass
 class DatasetSplit:
-    records: List[CellRecord]  # every cell of the data root
+    records: List[CellRecord]  # every usable cell of the data root (under --skip-bad the bad ones are left out)
     layout: str
-    by_split: Dict[str, List[CellRecord]]  # "train" / "val" / "test" -> cells
+    by_split: Dict[str, List[CellRecord]]  # "train" / "val" / "test" -> usable cells
+
+
+def usable_cells(records: Sequence[CellRecord], args) -> List[CellRecord]:
+    """Decode every cell once, up front: the first bad one stops the run, or under --skip-bad is left out and reported."""
+    skip_bad = getattr(args, "skip_bad", False)
+    usable, skipped = check_cells(records, skip_bad)
+    if skip_bad:
+        report_skipped(skipped, args.output_dir)
+    return usable
 
 
 def open_split(args) -> DatasetSplit:
-    """Read the data root named by the data flags and its split manifest (made on first use)."""
-    records, layout = read_records(args.data_root, args.layout, args.sipakmed_source, args.nuc_suffix, args.cyt_suffix)
+    """Read the data root named by the data flags and its split manifest (made on first use); check every cell."""
+    records, layout = read_records(args.data_root, args.layout, args.sipakmed_source, args.nuc_suffix, args.cyt_suffix,
+                                   getattr(args, "skip_bad", False))
     manifest_path = args.split_file or default_manifest_path(args.output_dir, args.data_root)
+    # The manifest is about the files present, bad cells included: skipping one does not move the others to
+    # another split, and once it is fixed it comes back in the split it had.
     by_split = load_split(records, manifest_path, args.data_root, layout, seed=args.split_seed)
+    usable = usable_cells(records, args)
+    kept = {r.sample_id for r in usable}
+    by_split = {name: [r for r in cells if r.sample_id in kept] for name, cells in by_split.items()}
     for name in ("train", "val"):
         if not by_split[name]:
-            raise UserError(f"{manifest_path}: the {name} split is empty ({len(records)} cells in all); add data")
-    return DatasetSplit(records, layout, by_split)
+            skipped = f", {len(records) - len(usable)} skipped as bad" if len(usable) < len(records) else ""
+            raise UserError(f"{manifest_path}: the {name} split is empty ({len(usable)} usable cells in all{skipped}); add data")
+    return DatasetSplit(usable, layout, by_split)
 
 
 def group_folds(records: Sequence[CellRecord], num_folds: int, seed: int) -> List[List[CellRecord]]:

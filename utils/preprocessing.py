@@ -3,6 +3,7 @@
 Every image is letterboxed (aspect-preserving resize, then centred padding to a square): cells
 are not square, and squashing them would distort the size and shape that separate the classes.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple
@@ -19,11 +20,38 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 PAD_RGB = (230, 230, 230)
 
 
+@contextmanager
+def quiet_opencv():
+    """Silence OpenCV's own log while decoding: our error names the file; its lines would only add noise."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
+def imread_unchanged(path: Path):
+    """cv2.imread keeping depth and channels (it detects the format from the bytes, not the extension)."""
+    with quiet_opencv():
+        return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+def unreadable_reason(path: Path) -> str:
+    """Why OpenCV could not decode a file, in the user's terms."""
+    path = Path(path)
+    if not path.is_file():
+        return "file not found"
+    if path.stat().st_size == 0:
+        return "empty file"
+    return "truncated, damaged or not an image"
+
+
 def read_image(path: Path) -> np.ndarray:
     """Read any image OpenCV understands as uint8 RGB [H, W, 3] (grayscale, RGBA and 16-bit included)."""
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    image = imread_unchanged(path)
     if image is None or image.size == 0:
-        raise UserError(f"{path}: cannot be read as an image (empty, truncated or not an image); replace or remove it")
+        raise UserError(f"{path}: cannot read this image, {unreadable_reason(path)}; replace or remove it")
     if image.dtype == np.uint16:
         image = (image / 257.0).round().astype(np.uint8)
     elif image.dtype != np.uint8:
@@ -37,15 +65,15 @@ def read_image(path: Path) -> np.ndarray:
 
 def read_mask(path: Path, expected_shape: Tuple[int, int]) -> np.ndarray:
     """Read a mask image as bool [H, W]; any non-zero pixel is foreground."""
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # not GRAYSCALE: that drops the low byte of 16-bit masks
-    if mask is None:
-        raise UserError(f"{path}: mask cannot be read; replace it or remove the cell")
+    mask = imread_unchanged(path)  # not GRAYSCALE: that drops the low byte of 16-bit masks
+    if mask is None or mask.size == 0:
+        raise UserError(f"{path}: cannot read this mask, {unreadable_reason(path)}; replace it or remove the cell")
     if mask.ndim == 3:
-        mask = mask.max(axis=2)
+        mask = mask[..., :3].max(axis=2)  # alpha says nothing about the cell: an opaque RGBA mask is not all foreground
     if mask.shape != tuple(expected_shape):
         raise UserError(
             f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-            f"{expected_shape[1]}x{expected_shape[0]}; masks must match their image pixel for pixel"
+            f"{expected_shape[1]}x{expected_shape[0]}; redraw the mask at its image's size or remove the cell"
         )
     return mask > 0
 

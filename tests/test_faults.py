@@ -1,0 +1,372 @@
+"""Fault injection through the real entry points.
+
+Every bad input ends either in ONE line on stderr, `error: <file>: <what is wrong>; <what to do>`, with
+exit code 2 and no traceback, or in a run that works and gives the right result. Datasets are tiny and
+training is one epoch of timm's test ConvNeXt at 64 px, so the whole file stays well under a minute.
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import main_classify
+import main_segment
+from tools.data_loader import ground_truth_masks, read_records
+from tools.datasets import SKIPPED_CELLS_FILE
+from tools.engine import RunState, check_resume_compatible
+from tools.errors import UserError
+from tools.splits import default_manifest_path, load_split
+from utils.preprocessing import read_image
+
+CPU = ["--workers", "0", "--device", "cpu"]
+TRAIN = [*CPU, "--backbone", "test_convnext", "--img-size", "64", "--epochs", "1", "--batch-size", "4", "--no-pretrained"]
+SEGMENT = [*TRAIN, "--decoder-channels", "32", "16", "16"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Other jobs share this machine's 2 cores; two PyTorch threads each then mostly wait (runs get ~10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- helpers
+
+def visible_lines(text: str):
+    """The lines a terminal shows: progress bars redraw their line with \\r and clear it when they close."""
+    return [shown for shown in (line.split("\r")[-1] for line in text.split("\n")) if shown.strip()]
+
+
+def run(main, argv) -> None:
+    """Call a script's main() as the shell would, every argument a string."""
+    main([str(arg) for arg in argv])
+
+
+def expect_user_error(capsys, main, argv, *fragments) -> str:
+    """Run an entry point that must stop with exit code 2 and one `error: <file>: <what>; <what to do>` line."""
+    capsys.readouterr()  # drop what earlier steps of the test printed
+    with pytest.raises(SystemExit) as exit_info:
+        run(main, argv)
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    lines = visible_lines(stderr)
+    # a finished progress bar (kept on screen by design) may come before it; the error itself is one line
+    assert "Traceback" not in stderr and [line for line in lines if line.startswith("error: ")] == lines[-1:], lines
+    message = lines[-1]
+    assert "; " in message, f"no advice after '; ': {message}"
+    for fragment in fragments:
+        assert str(fragment) in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+def copy_tree(source: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(source, tmp_path / source.name))
+
+
+def segment_args(root: Path, out: Path, *extra):
+    return ["--data-root", root, "--output-dir", out, *SEGMENT, *extra]
+
+
+def classify_args(root: Path, out: Path, *extra):
+    return ["--data-root", root, "--output-dir", out, *TRAIN, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(paired_root, tmp_path_factory):
+    """Stage 1 and stage 2 checkpoints trained one epoch on the paired data."""
+    run_dir = tmp_path_factory.mktemp("trained")
+    run(main_segment.main, segment_args(paired_root, run_dir))
+    run(main_classify.main, classify_args(paired_root, run_dir))
+    return run_dir / "checkpoints"
+
+
+def evaluate_args(root: Path, out: Path, checkpoints: Path, *extra):
+    return ["--data-root", root, "--output-dir", out, *CPU, "--seg-checkpoint", checkpoints / "segmentation_best.pth",
+            "--cls-checkpoint", checkpoints / "classification_best.pth", *extra]
+
+
+def read_metrics(out: Path):
+    return json.loads((out / "outputs" / "eval" / "metrics.json").read_text())
+
+
+def half_of(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[:len(data) // 2]
+
+
+def bgr_of(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)
+
+
+# ---------------------------------------------------------------- image files
+
+@pytest.mark.parametrize("fault", ["truncated_png", "truncated_bmp", "zero_bytes"])
+def test_unreadable_image_stops_with_its_name(paired_root, tmp_path, capsys, fault):
+    root = copy_tree(paired_root, tmp_path)
+    image = root / "normal" / "2.BMP"
+    if fault == "truncated_png":
+        cv2.imwrite(str(root / "normal" / "2.png"), bgr_of(image))
+        image.unlink()
+        image = root / "normal" / "2.png"
+        image.write_bytes(half_of(image))
+        problem = "cannot read this image, truncated, damaged or not an image"
+    elif fault == "truncated_bmp":
+        image.write_bytes(half_of(image))
+        problem = "cannot read this image, truncated, damaged or not an image"
+    else:
+        image.write_bytes(b"")
+        problem = "cannot read this image, empty file"
+    expect_user_error(capsys, main_segment.main, segment_args(root, tmp_path / "run"), image, problem,
+                      "replace or remove it", "--skip-bad")
+
+
+def test_odd_but_valid_image_files_are_read_as_rgb(paired_root, trained, tmp_path):
+    """PNG bytes named .BMP, grayscale, RGBA and 16-bit TIFF cells: read as RGB uint8 and run through evaluation."""
+    root = copy_tree(paired_root, tmp_path)
+    folder = root / "abnormal"
+    bgr = {n: bgr_of(folder / f"{n}.BMP") for n in (1, 2, 3, 4)}
+    for n in (2, 3, 4):
+        (folder / f"{n}.BMP").unlink()
+    assert cv2.imwrite(str(tmp_path / "lying.png"), bgr[1])
+    shutil.copy(tmp_path / "lying.png", folder / "1.BMP")  # the extension lies; OpenCV goes by the bytes
+    gray = cv2.cvtColor(bgr[2], cv2.COLOR_BGR2GRAY)
+    assert cv2.imwrite(str(folder / "2.png"), gray)
+    assert cv2.imwrite(str(folder / "3.png"), cv2.cvtColor(bgr[3], cv2.COLOR_BGR2BGRA))
+    assert cv2.imwrite(str(folder / "4.tif"), bgr[4].astype(np.uint16) * 257)  # full 16-bit range
+
+    rgb = {n: cv2.cvtColor(image, cv2.COLOR_BGR2RGB) for n, image in bgr.items()}
+    expected = {"1.BMP": rgb[1], "2.png": np.repeat(gray[..., None], 3, axis=2), "3.png": rgb[3], "4.tif": rgb[4]}
+    for name, want in expected.items():
+        image = read_image(folder / name)
+        assert image.dtype == np.uint8 and image.shape == want.shape
+        assert np.array_equal(image, want), name
+
+    out = tmp_path / "eval"
+    run(evaluate.main, evaluate_args(root, out, trained, "--split", "all"))
+    assert read_metrics(out)["num_cells"] == 12
+
+
+# ---------------------------------------------------------------- masks
+
+def test_mask_of_another_size_stops_with_its_name(paired_root, tmp_path, capsys):
+    root = copy_tree(paired_root, tmp_path)
+    cv2.imwrite(str(root / "abnormal" / "1N.png"), np.zeros((10, 10), np.uint8))
+    expect_user_error(capsys, main_segment.main, segment_args(root, tmp_path / "run"),
+                      root / "abnormal" / "1N.png", "mask is 10x10 but its image is 56x40", "redraw the mask at its image's size",
+                      "--skip-bad")
+
+
+def test_empty_cell_mask_is_an_error(paired_root, tmp_path, capsys):
+    """Nothing outlined in a single-cell image means a lost annotation, not a cell-free image (see ground_truth_masks)."""
+    root = copy_tree(paired_root, tmp_path)
+    for name in ("1C.png", "1N.png"):
+        cv2.imwrite(str(root / "abnormal" / name), np.zeros((40, 56), np.uint8))
+    expect_user_error(capsys, main_segment.main, segment_args(root, tmp_path / "run"),
+                      root / "abnormal" / "1C.png", "the cell mask is empty", "outline the cell or remove it")
+
+
+def test_empty_nucleus_mask_and_rgba_mask_are_data(paired_root, trained, tmp_path):
+    """No nucleus drawn is legitimate (anucleate or out-of-focus); an opaque RGBA mask is not all foreground."""
+    root = copy_tree(paired_root, tmp_path)
+    cv2.imwrite(str(root / "abnormal" / "1N.png"), np.zeros((40, 56), np.uint8))
+    cyt = cv2.imread(str(root / "abnormal" / "2C.png"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(root / "abnormal" / "2C.png"), cv2.cvtColor(cyt, cv2.COLOR_GRAY2BGRA))  # alpha 255 everywhere
+
+    records = {r.sample_id: r for r in read_records(root)[0]}
+    cell, nucleus = ground_truth_masks(records["abnormal/1"], (40, 56))
+    assert cell.any() and not nucleus.any()
+    cell, nucleus = ground_truth_masks(records["abnormal/2"], (40, 56))
+    assert np.array_equal(cell, (cyt > 0) | nucleus) and not cell.all()
+
+    out = tmp_path / "eval"
+    run(evaluate.main, evaluate_args(root, out, trained, "--split", "all", "--mask-source", "gt"))
+    assert read_metrics(out)["num_cells"] == 12
+
+
+# ---------------------------------------------------------------- SIPaKMeD boundary files
+
+def first_crop_boundary(root: Path) -> Path:
+    return sorted(root.glob("im_*/im_*/CROPPED/*_cyt.dat"))[0]
+
+
+@pytest.mark.parametrize("text,fragments", [
+    ("12.5,30\nabc,def\n40,50\n", [":2: expected 'x,y' numbers, found 'abc,def'", "fix or remove the file"]),
+    ("1,2\nnan,3\n4,5\n", [":2: point is not a finite number", "fix or remove the file"]),
+    ("1,2\n3,4\n", ["a polygon needs at least 3 points, found 2", "fix or remove the file"]),
+    ("5000,5000\n5100,5000\n5100,5100\n", ["outside its", "--sipakmed-source clusters"]),
+], ids=["garbage", "nan", "two_points", "outside"])
+def test_bad_boundary_file_stops_with_its_name(demo_root, tmp_path, capsys, text, fragments):
+    root = copy_tree(demo_root, tmp_path)
+    boundary = first_crop_boundary(root)
+    boundary.write_text(text)
+    expect_user_error(capsys, main_segment.main, segment_args(root, tmp_path / "run"), boundary.name, *fragments,
+                      "--skip-bad")
+
+
+# ---------------------------------------------------------------- data roots
+
+def test_empty_class_folder(paired_root, tmp_path, capsys):
+    root = copy_tree(paired_root, tmp_path)
+    (root / "unlabelled").mkdir()
+    expect_user_error(capsys, main_segment.main, segment_args(root, tmp_path / "run"),
+                      root, "class folder(s) unlabelled hold no usable images", "add images or remove the folder")
+
+
+def test_data_root_without_a_known_layout(tmp_path, capsys):
+    root = tmp_path / "notes"
+    (root / "class_a").mkdir(parents=True)
+    (root / "class_a" / "readme.txt").write_text("no images here")
+    expect_user_error(capsys, main_classify.main, classify_args(root, tmp_path / "run"),
+                      root, "no known data layout found", "point --data-root at the folder that holds the class folders")
+
+
+def test_data_root_that_does_not_exist(tmp_path, capsys):
+    root = tmp_path / "nowhere"
+    expect_user_error(capsys, evaluate.main, ["--data-root", root, "--output-dir", tmp_path / "run", *CPU],
+                      root, "data root does not exist", "pass --data-root")
+
+
+def test_manifest_that_no_longer_matches_the_files(paired_root, tmp_path, capsys):
+    root, out = copy_tree(paired_root, tmp_path), tmp_path / "run"
+    manifest = default_manifest_path(out, root)
+    load_split(read_records(root)[0], manifest, root, "paired")
+    for name in ("3.BMP", "3N.png", "3C.png"):
+        (root / "normal" / name).unlink()
+    expect_user_error(capsys, main_segment.main, segment_args(root, out), manifest.name,
+                      "1 listed cells are gone", "normal/3", "delete it to re-split")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def test_class_the_classifier_does_not_know(paired_root, trained, tmp_path, capsys):
+    root = copy_tree(paired_root, tmp_path)
+    (root / "mystery").mkdir()
+    for name in ("1.BMP", "1N.png", "1C.png"):
+        shutil.copy(root / "normal" / name, root / "mystery" / name)
+    expect_user_error(capsys, evaluate.main, evaluate_args(root, tmp_path / "eval", trained, "--split", "all"),
+                      "classification_best.pth", "does not know class(es) mystery", "rename the folders")
+
+
+def test_checkpoint_of_the_other_stage(paired_root, trained, tmp_path, capsys):
+    argv = evaluate_args(paired_root, tmp_path, trained, "--seg-checkpoint", trained / "classification_best.pth")
+    expect_user_error(capsys, evaluate.main, argv, "classification_best.pth",
+                      "is a classification checkpoint, expected segmentation", "pass the segmentation checkpoint")
+
+
+def test_segmentation_checkpoint_with_edited_weights(paired_root, trained, tmp_path, capsys):
+    checkpoint = torch.load(trained / "segmentation_best.pth", map_location="cpu", weights_only=False)
+    checkpoint["model"].pop(next(iter(checkpoint["model"])))
+    edited = tmp_path / "edited.pth"
+    torch.save(checkpoint, edited)
+    argv = evaluate_args(paired_root, tmp_path, trained, "--seg-checkpoint", edited)
+    expect_user_error(capsys, evaluate.main, argv, edited, "weights do not fit the model", "retrain")
+
+
+def test_truncated_checkpoint_file(paired_root, trained, tmp_path, capsys):
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(half_of(trained / "segmentation_best.pth"))
+    argv = evaluate_args(paired_root, tmp_path, trained, "--seg-checkpoint", truncated)
+    expect_user_error(capsys, evaluate.main, argv, truncated, "not a readable checkpoint", "retrain or pass another file")
+
+
+def test_resume_with_another_backbone_names_both(paired_root, trained, tmp_path, capsys):
+    resume = trained / "classification_last.pth"
+    argv = classify_args(paired_root, tmp_path, "--mask-source", "gt", "--resume", resume, "--backbone", "test_efficientnet")
+    expect_user_error(capsys, main_classify.main, argv, resume, "backbone test_convnext", "backbone test_efficientnet",
+                      "drop --resume")
+
+
+def test_resume_with_other_classes_is_refused():
+    """Same class count, other names: the weights would load, and every label would silently mean another class."""
+    checkpoint = {"model_config": {"backbone": "b", "num_classes": 2}, "class_names": ["a", "b"]}
+    check_resume_compatible(Path("c.pth"), checkpoint, RunState("classification", {}, {"backbone": "b", "num_classes": 2}, ["a", "b"]))
+    with pytest.raises(UserError, match=r"c\.pth: cannot resume.*class_names \['a', 'b'\].*class_names \['a', 'c'\]"):
+        check_resume_compatible(Path("c.pth"), checkpoint, RunState("classification", {}, checkpoint["model_config"], ["a", "c"]))
+
+
+# ---------------------------------------------------------------- output folder
+
+@pytest.mark.parametrize("script", ["segment", "classify", "evaluate"])
+def test_output_folder_under_a_file(paired_root, tmp_path, capsys, script):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    out = tmp_path / "afile" / "run"
+    argv = {"segment": segment_args(paired_root, out), "classify": classify_args(paired_root, out),
+            "evaluate": ["--data-root", paired_root, "--output-dir", out, *CPU]}[script]
+    main = {"segment": main_segment.main, "classify": main_classify.main, "evaluate": evaluate.main}[script]
+    expect_user_error(capsys, main, argv, out, "output folder cannot be written", "pass a writable --output-dir")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders anyway")
+def test_read_only_output_folder(paired_root, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        expect_user_error(capsys, main_segment.main, segment_args(paired_root, locked / "run"),
+                          "locked", "output folder cannot be written", "pass a writable --output-dir")
+    finally:
+        locked.chmod(0o700)
+
+
+# ---------------------------------------------------------------- --skip-bad
+
+def break_sipakmed_cells(root: Path):
+    """Four bad cells in four classes, each bad in another way. Returns {fault: (crop image, the file at fault)}."""
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())[:4]
+    crops = dict(zip(("truncated", "empty", "garbage", "outside"),
+                     (sorted((root / c / c / "CROPPED").glob("*.bmp"))[0] for c in classes)))
+    crops["truncated"].write_bytes(half_of(crops["truncated"]))
+    crops["empty"].write_bytes(b"")
+    boundary = {fault: crops[fault].with_name(f"{crops[fault].stem}_cyt.dat") for fault in ("garbage", "outside")}
+    boundary["garbage"].write_text("1,2\nnot a point\n3,4\n")
+    boundary["outside"].write_text("5000,5000\n5100,5000\n5100,5100\n")
+    return {fault: (crop, boundary.get(fault, crop)) for fault, crop in crops.items()}
+
+
+def test_skip_bad_trains_and_exports_without_the_bad_cells(demo_root, tmp_path, capsys):
+    root, out = copy_tree(demo_root, tmp_path), tmp_path / "run"
+    bad = break_sipakmed_cells(root)
+    run(main_segment.main, segment_args(root, out, "--skip-bad"))
+
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped ")]
+    assert len(printed) == 1 and printed[0].startswith("skipped 4 bad cells: ")
+    listed = (out / SKIPPED_CELLS_FILE).read_text().splitlines()
+    assert len(listed) == 4
+    for _, at_fault in bad.values():
+        assert str(at_fault) in printed[0] and any(line.startswith(str(at_fault)) for line in listed)
+
+    records = read_records(root, skip_bad=True)[0]
+    manifest = json.loads(default_manifest_path(out, root).read_text())
+    assert {s["id"] for s in manifest["samples"]} == {r.sample_id for r in records}  # bad cells listed, not used
+    bad_images = {crop for crop, _ in bad.values()}
+    for record in records:
+        exported = (out / "outputs" / "masks" / f"{record.sample_id}_cyt.png").exists()
+        assert exported == (record.image_path not in bad_images), record.sample_id
+
+    # without --skip-bad the same data stops at the first bad cell (boundary files are read first), with the way past it
+    expect_user_error(capsys, main_segment.main, segment_args(root, out), bad["garbage"][1], "--skip-bad")
+
+
+def test_skip_bad_keeps_the_split_and_serves_every_script(paired_root, trained, tmp_path, capsys):
+    """Cells break after the manifest was made: the manifest still holds, training and evaluation leave them out."""
+    root, out = copy_tree(paired_root, tmp_path), tmp_path / "run"
+    split = load_split(read_records(root)[0], default_manifest_path(out, root), root, "paired")
+    first, second, third = (r.image_path for r in split["train"][:3])
+    first.with_name(f"{first.stem}C.png").unlink()  # found while the records are read
+    cv2.imwrite(str(second.with_name(f"{second.stem}N.png")), np.zeros((10, 10), np.uint8))  # found when decoded
+    third.write_bytes(half_of(third))
+
+    run(main_classify.main, classify_args(root, out, "--skip-bad", "--mask-source", "gt"))
+    printed = capsys.readouterr().out
+    assert "skipped 3 bad cells: " in printed and f"{len(split['train']) - 3} train / 2 val cells" in printed
+    assert len((out / SKIPPED_CELLS_FILE).read_text().splitlines()) == 3
+
+    run(evaluate.main, evaluate_args(root, out, trained, "--skip-bad"))  # the test split, untouched
+    assert read_metrics(out)["num_cells"] == len(split["test"])
