@@ -5,7 +5,9 @@
 
 Segmentation: Dice, IoU and pixel accuracy per head at each image's own resolution (cells with
 ground-truth masks only). Classification: on RGB + masks predicted by stage 1 (or ground truth
-with --mask-source gt). Everything lands in <output-dir>/outputs/eval/.
+with --mask-source gt), probabilities softmax(logits / T) with the checkpoint's fitted temperature;
+calibration is reported as ECE at T = 1 and at T. Everything lands in <output-dir>/outputs/eval/,
+with report.html, one self-contained page of it all.
 """
 import argparse
 import json
@@ -16,14 +18,17 @@ import numpy as np
 import torch
 
 from tools.config import HelpFormatter, check_output_dir, data_parser
-from tools.data_loader import CellRecord, ground_truth_masks, read_records
+from tools.data_loader import CellRecord, ground_truth_masks, load_image, read_records
 from tools.datasets import ClassificationDataset, prepare_cells
 from tools.engine import make_loader, resolve_device
 from tools.errors import UserError, exit_on_user_error
 from tools.inference import iter_predicted_masks, load_model, predict_class_probs
-from tools.metrics import SegmentationMeter, binary_metrics, bootstrap_accuracy_ci, classification_metrics
+from tools.metrics import (SegmentationMeter, binary_metrics, bootstrap_accuracy_ci, classification_metrics,
+                           expected_calibration_error)
 from tools.splits import open_split, usable_cells
-from utils.visualization import overlay_masks, plot_confusion_matrix, plot_roc_curves, save_overlay_grid
+from utils.report import ErrorExample, thumbnail, worst_errors, write_report
+from utils.visualization import (overlay_masks, plot_confusion_matrix, plot_reliability_diagram, plot_roc_curves,
+                                 save_overlay_grid)
 
 # SIPaKMeD's normal cells; Herlev's are the classes named normal_*
 SIPAKMED_NORMAL = ("im_Superficial-Intermediate", "im_Parabasal", "im_Metaplastic")
@@ -41,6 +46,7 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--normal-classes", nargs="*", default=None,
                        help="classes counted as normal for the normal/abnormal metrics (default: normal_* and SIPaKMeD's normal classes)")
     group.add_argument("--num-overlays", type=int, default=12, help="cells drawn in overlays.png")
+    group.add_argument("--num-errors", type=int, default=12, help="most confident misclassified cells shown in report.html")
     args = parser.parse_args(argv)
     checkpoints = args.output_dir / "checkpoints"
     args.seg_checkpoint = args.seg_checkpoint or checkpoints / "segmentation_best.pth"
@@ -91,16 +97,32 @@ def segment_and_score(args, records, device):
 
 
 def classify(args, records, predicted_masks: Dict, device):
-    """Class probabilities [N, K] and the class names of the classifier checkpoint."""
+    """Labels [N], calibrated probabilities [N, K], probabilities at T = 1 [N, K], class names, temperature T."""
     cls_model, cls_checkpoint = load_model(args.cls_checkpoint, "classification", device)
     class_names = cls_checkpoint["class_names"]
+    temperature = float(cls_checkpoint.get("temperature", 1.0))  # absent from checkpoints made before calibration
     check_known_classes(records, class_names, args.cls_checkpoint)
     provider = ground_truth_masks if args.mask_source == "gt" else (lambda record, shape: predicted_masks[record.sample_id])
     cells = prepare_cells(records, cls_checkpoint["args"]["img_size"], provider, desc="loading cells")
     loader = make_loader(ClassificationDataset(cells, class_names, train=False), args.batch_size, False, 0, device, 0)
-    probs = np.concatenate([predict_class_probs(cls_model, inputs, device) for inputs, _ in loader])
+    calibrated, uncalibrated = [], []
+    for inputs, _ in loader:
+        calibrated.append(predict_class_probs(cls_model, inputs, device, temperature))
+        uncalibrated.append(predict_class_probs(cls_model, inputs, device) if temperature != 1.0 else calibrated[-1])
     labels = np.array([class_names.index(r.label) for r in records])
-    return labels, probs, class_names
+    return labels, np.concatenate(calibrated), np.concatenate(uncalibrated), class_names, temperature
+
+
+def error_gallery(records, labels, probs, class_names, predicted_masks: Dict, limit: int) -> List[ErrorExample]:
+    """The most confident misclassifications, drawn with stage 1's masks (and the ground truth where known)."""
+    examples = []
+    for index in worst_errors(labels, probs, limit):
+        record, predicted = records[index], int(probs[index].argmax())
+        image = load_image(record)
+        true_masks = ground_truth_masks(record, image.shape[:2]) if record.has_masks else (None, None)
+        examples.append(ErrorExample(record.sample_id, thumbnail(image, *predicted_masks[record.sample_id], *true_masks),
+                                     class_names[labels[index]], class_names[predicted], float(probs[index, predicted])))
+    return examples
 
 
 @exit_on_user_error
@@ -112,7 +134,7 @@ def main(argv=None) -> None:
     records = select_records(args)
 
     predicted_masks, seg_metrics, panels = segment_and_score(args, records, device)
-    labels, probs, class_names = classify(args, records, predicted_masks, device)
+    labels, probs, uncalibrated_probs, class_names, temperature = classify(args, records, predicted_masks, device)
     cls_metrics = classification_metrics(labels, probs, class_names)
     cls_metrics["accuracy_ci95"] = bootstrap_accuracy_ci(labels, probs.argmax(axis=1))
     normal = normal_class_names(class_names, args.normal_classes)
@@ -121,12 +143,18 @@ def main(argv=None) -> None:
         "data_root": str(args.data_root), "split": args.split, "num_cells": len(records), "mask_source": args.mask_source,
         "segmentation": seg_metrics, "classification": cls_metrics,
         "normal_vs_abnormal": binary_metrics(labels, probs, abnormal, class_names) if normal and abnormal else None,
+        "calibration": {"temperature": temperature, "ece_before": expected_calibration_error(labels, uncalibrated_probs),
+                        "ece_after": expected_calibration_error(labels, probs)},
     }
     (eval_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     plot_confusion_matrix(np.array(cls_metrics["confusion_matrix"]), class_names, eval_dir / "confusion_matrix.png")
     plot_roc_curves(labels, probs, class_names, eval_dir / "roc_curves.png")
+    plot_reliability_diagram(labels, probs, eval_dir / "reliability.png")
     if panels:
         save_overlay_grid(panels, eval_dir / "overlays.png")
+    plots = {name: eval_dir / f"{name}.png" for name in ("confusion_matrix", "roc_curves", "reliability")}
+    gallery = error_gallery(records, labels, probs, class_names, predicted_masks, args.num_errors)
+    write_report(eval_dir / "report.html", results, plots, gallery)
     print_summary(results, eval_dir)
 
 
@@ -140,7 +168,10 @@ def print_summary(results: Dict, eval_dir: Path) -> None:
           f"macro-F1 {cls['macro_f1']:.4f}  ROC-AUC {cls['roc_auc_macro'] or float('nan'):.4f}")
     if results["normal_vs_abnormal"]:
         print(f"normal vs abnormal: accuracy {results['normal_vs_abnormal']['accuracy']:.4f}")
-    print(f"wrote {eval_dir / 'metrics.json'} and plots")
+    calibration = results["calibration"]
+    print(f"calibration: temperature {calibration['temperature']:.3f}  ECE {calibration['ece_before']:.4f} (T = 1) -> "
+          f"{calibration['ece_after']:.4f}")
+    print(f"wrote {eval_dir / 'metrics.json'}, plots and {eval_dir / 'report.html'}")
 
 
 if __name__ == "__main__":

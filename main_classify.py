@@ -4,13 +4,15 @@
 
 Masks come from stage 1 by default (outputs/masks/, predicted first where missing, using
 checkpoints/segmentation_best.pth); --mask-source gt trains on the ground-truth masks instead.
-Writes <output-dir>/checkpoints/classification_{best,last}.pth and logs/classification/.
+Writes <output-dir>/checkpoints/classification_{best,last}.pth and logs/classification/; after training, a
+temperature fitted on the val split (tools/calibration.py) is stored in both checkpoints.
 """
 import argparse
 import time
 from pathlib import Path
 
 import train_classify
+from tools.calibration import calibrate_checkpoints, describe_fit
 from tools.config import HelpFormatter, check_output_dir, resolve_args, training_parser
 from tools.errors import exit_on_user_error
 
@@ -40,6 +42,7 @@ def main(argv=None) -> None:
     best = train_classify.train(args)
     print(f"classification trained in {time.time() - started:.0f}s; best val macro-F1 {best.get('macro_f1', float('nan')):.4f} "
           f"accuracy {best.get('accuracy', float('nan')):.4f} (epoch {best.get('epoch')})")
+    print(describe_fit(calibrate_checkpoints(args, train_classify.mask_provider)))
 
 
 if __name__ == "__main__":

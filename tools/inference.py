@@ -12,7 +12,8 @@ from model.segmentation_model import HEADS, DualHeadAttConvNeXtUNet
 from tools.data_loader import CellRecord, load_image
 from tools.engine import autocast_dtype, load_checkpoint
 from tools.errors import UserError
-from utils.preprocessing import fill_holes, largest_component, letterbox, normalize_image, read_mask, unletterbox
+from utils.preprocessing import (LetterboxBox, fill_holes, largest_component, letterbox, normalize_image, read_mask,
+                                 unletterbox)
 
 MASK_THRESHOLD = 0.5
 
@@ -115,8 +116,35 @@ class PredictedMaskFiles:
         return read_mask(cyt_path, shape), read_mask(nuc_path, shape)
 
 
+def classifier_inputs(images: Sequence[np.ndarray], masks: Sequence[Tuple[np.ndarray, np.ndarray]],
+                      size: int) -> Tuple[torch.Tensor, List[LetterboxBox]]:
+    """The classifier's input for cells at their own size, built as ClassificationDataset builds it (without augmentation).
+
+    Args:
+        images: uint8 RGB [H, W, 3], one per cell.
+        masks: (cell mask, nucleus mask), bool [H, W], one pair per cell.
+        size: the classification checkpoint's img_size.
+
+    Returns:
+        (inputs [B, 5, S, S] float: normalised letterboxed RGB, cell mask, nucleus mask (0/1);
+         where each image sits in its square, for unletterbox)
+    """
+    channels, boxes = [], []
+    for image, (cell_mask, nuc_mask) in zip(images, masks):
+        canvas, boxed_masks, box = letterbox(image, [cell_mask, nuc_mask], size)
+        channels.append(np.concatenate([normalize_image(canvas), np.stack(boxed_masks).astype(np.float32)]))
+        boxes.append(box)
+    return torch.from_numpy(np.stack(channels)), boxes
+
+
 @torch.no_grad()
-def predict_class_probs(model, inputs: torch.Tensor, device: torch.device) -> np.ndarray:
-    """Softmax probabilities [B, K] for 5-channel inputs [B, 5, S, S], averaged over flips."""
-    probs = flip_averaged(lambda x: torch.softmax(model(x).float(), dim=1), inputs.to(device), device, spatial_output=False)
+def predict_class_probs(model, inputs: torch.Tensor, device: torch.device, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities [B, K] for 5-channel inputs [B, 5, S, S]: softmax(logits / temperature), averaged over flips.
+
+    temperature is the classification checkpoint's "temperature" (fitted on the validation split; 1.0 = raw softmax).
+    """
+    def scaled_softmax(x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model(x).float() / temperature, dim=1)
+
+    probs = flip_averaged(scaled_softmax, inputs.to(device), device, spatial_output=False)
     return probs.cpu().numpy()

@@ -224,3 +224,20 @@ def save_overlay_grid(items, path, ncols=4):
         ax.set_title(str(title), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def blend_heatmap(image_rgb, heatmap, alpha=0.45):
+    """Colour a [0, 1] heat map with the jet colour map and blend it over an RGB image.
+
+    Args:
+        image_rgb: uint8 RGB image [H,W,3].
+        heatmap: float map [H,W] in [0, 1] (e.g. a Grad-CAM), at the image's size.
+        alpha: weight of the heat map; the image keeps 1 - alpha.
+
+    Returns:
+        New uint8 RGB array [H,W,3].
+    """
+    heat = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    coloured = cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_JET)  # BGR
+    coloured = cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(np.asarray(image_rgb, dtype=np.uint8), 1.0 - alpha, coloured, alpha, 0.0)

@@ -1,0 +1,197 @@
+"""predict.py on a folder of mixed images: masks, overlays, Grad-CAMs, tables, and the unreadable file named."""
+import contextlib
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import main_segment
+import predict
+from tiny_checkpoints import DEMO_CLASSES, save_untrained_classification
+from tools.data_loader import CellRecord, ground_truth_masks, read_records
+from tools.datasets import ClassificationDataset, prepare_cells
+from tools.errors import UserError
+from tools.inference import classifier_inputs
+
+TEMPERATURE = 2.0
+GOOD_NAMES = ["a/cell", "b/cell", "gray", "deep/cell16"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(demo_root, tmp_path_factory):
+    """A segmentation model trained for a few epochs (so that masks are real) and an untrained classifier."""
+    run = tmp_path_factory.mktemp("run")
+    main_segment.main(["--data-root", str(demo_root), "--output-dir", str(run), "--backbone", "test_convnext",
+                       "--img-size", "64", "--workers", "0", "--device", "cpu", "--no-pretrained", "--epochs", "8",
+                       "--batch-size", "4", "--lr", "3e-3", "--decoder-channels", "32", "16", "16"])
+    save_untrained_classification(run / "checkpoints" / "classification_best.pth", temperature=TEMPERATURE)
+    return run
+
+
+def demo_crops(demo_root, count):
+    return [cv2.imread(str(p)) for p in sorted(demo_root.glob("*/*/CROPPED/*.bmp"))[::7][:count]]
+
+
+@pytest.fixture(scope="module")
+def input_dir(demo_root, tmp_path_factory):
+    """RGB and RGBA PNGs with the same name in two folders, a grayscale BMP, a 16-bit TIFF, a corrupt PNG, a hidden file."""
+    root = tmp_path_factory.mktemp("inputs")
+    for folder in ("a", "b", "deep"):
+        (root / folder).mkdir()
+    rgb, rgba, gray, deep = demo_crops(demo_root, 4)
+    assert cv2.imwrite(str(root / "a" / "cell.png"), rgb)
+    assert cv2.imwrite(str(root / "b" / "cell.png"), cv2.cvtColor(rgba, cv2.COLOR_BGR2BGRA))
+    assert cv2.imwrite(str(root / "gray.bmp"), cv2.cvtColor(gray, cv2.COLOR_BGR2GRAY))
+    assert cv2.imwrite(str(root / "deep" / "cell16.tif"), deep.astype(np.uint16) * 257)
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    (root / "._cell.png").write_bytes(b"macOS resource fork")  # hidden: never an input
+    return root
+
+
+def run_predict(argv):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = predict.main(argv)
+    return code, stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def prediction(run_dir, input_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("predictions")
+    code, stderr = run_predict([str(input_dir), "--run-dir", str(run_dir), "--output-dir", str(output_dir),
+                                "--device", "cpu", "--batch-size", "2", "--explain"])
+    return code, stderr, output_dir
+
+
+def read_csv(path):
+    with open(path, newline="") as table:
+        return list(csv.DictReader(table))
+
+
+def image_size(path):
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape[:2]
+
+
+def test_unreadable_image_is_named_and_the_run_goes_on(prediction, input_dir):
+    code, stderr, output_dir = prediction
+    assert code == 1
+    named = [line for line in stderr.splitlines() if "broken.png" in line]
+    assert len(named) == 1 and "cannot read" in named[0]
+    assert "._cell.png" not in stderr
+    failed = json.loads((output_dir / "predictions.json").read_text())["failed"]
+    assert [Path(f["file"]).name for f in failed] == ["broken.png"]
+
+
+def test_rows_for_every_readable_image(prediction, input_dir):
+    _, _, output_dir = prediction
+    rows = read_csv(output_dir / "predictions.csv")
+    assert sorted(row["name"] for row in rows) == sorted(GOOD_NAMES)
+    cells = json.loads((output_dir / "predictions.json").read_text())["predictions"]
+    assert [cell["name"] for cell in cells] == [row["name"] for row in rows]
+    for row, cell in zip(rows, cells):
+        probs = np.array([float(row[f"prob_{name}"]) for name in DEMO_CLASSES])
+        assert probs.sum() == pytest.approx(1.0, abs=1e-5)
+        assert sum(cell["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert row["predicted_class"] == DEMO_CLASSES[int(probs.argmax())] == cell["predicted_class"]
+        assert Path(row["file"]).exists()
+
+
+def test_masks_overlays_and_gradcams_at_each_images_size(prediction, input_dir):
+    _, _, output_dir = prediction
+    for name in GOOD_NAMES:
+        source = next(p for p in input_dir.rglob("*") if p.relative_to(input_dir).with_suffix("").as_posix() == name)
+        size = image_size(source)
+        for suffix in ("cyt", "nuc"):
+            mask = cv2.imread(str(output_dir / f"{name}_{suffix}.png"), cv2.IMREAD_UNCHANGED)
+            assert mask.shape == size and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+        for suffix in ("overlay", "gradcam"):
+            assert cv2.imread(str(output_dir / f"{name}_{suffix}.png")).shape == (*size, 3)
+
+
+def test_morphometrics_match_the_written_masks(prediction):
+    _, _, output_dir = prediction
+    rows = read_csv(output_dir / "predictions.csv")
+    for row in rows:
+        cell = cv2.imread(str(output_dir / f"{row['name']}_cyt.png"), cv2.IMREAD_GRAYSCALE) > 0
+        nucleus = cv2.imread(str(output_dir / f"{row['name']}_nuc.png"), cv2.IMREAD_GRAYSCALE) > 0
+        assert not (nucleus & ~cell).any()  # the nucleus lies in the cell
+        assert int(row["nucleus_area_px"]) == nucleus.sum()
+        assert int(row["cytoplasm_area_px"]) == (cell & ~nucleus).sum()
+        if (cell & ~nucleus).any():
+            assert float(row["nc_ratio"]) == pytest.approx(nucleus.sum() / (cell & ~nucleus).sum(), rel=1e-5)
+    assert any(int(row["nucleus_area_px"]) > 0 and row["nc_ratio"] for row in rows)  # trained masks: not all empty
+
+
+def test_json_records_the_temperature_and_definitions(prediction):
+    summary = json.loads((prediction[2] / "predictions.json").read_text())
+    assert summary["temperature"] == TEMPERATURE and summary["class_names"] == DEMO_CLASSES
+    assert "cytoplasm" in summary["nc_ratio"]
+
+
+def test_all_readable_exits_zero_and_explain_is_optional(run_dir, input_dir, tmp_path):
+    code, _ = run_predict([str(input_dir / "a" / "cell.png"), str(input_dir / "gray.bmp"), "--run-dir", str(run_dir),
+                           "--output-dir", str(tmp_path), "--device", "cpu"])
+    assert code == 0
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*")) == [
+        "a/cell_cyt.png", "a/cell_nuc.png", "a/cell_overlay.png", "gray_cyt.png", "gray_nuc.png", "gray_overlay.png",
+        "predictions.csv", "predictions.json"]
+
+
+def test_bad_checkpoint_is_a_usage_error(run_dir, input_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(input_dir), "--run-dir", str(run_dir), "--output-dir", str(tmp_path), "--device", "cpu",
+                      "--seg-checkpoint", str(run_dir / "checkpoints" / "classification_best.pth")])
+    assert exit_info.value.code == 2
+    assert "expected segmentation" in capsys.readouterr().err
+
+
+def test_classifier_input_is_built_as_in_training(demo_root, tmp_path):
+    records, _ = read_records(demo_root)
+    record: CellRecord = records[0]
+    image = cv2.cvtColor(cv2.imread(str(record.image_path)), cv2.COLOR_BGR2RGB)
+    masks = ground_truth_masks(record, image.shape[:2])
+    dataset = ClassificationDataset(prepare_cells([record], 64), DEMO_CLASSES, train=False)
+    inputs, _ = classifier_inputs([image], [masks], 64)
+    assert torch.equal(inputs[0], dataset[0][0])
+
+
+def test_find_images_walks_folders_and_globs_and_skips_earlier_outputs(input_dir, tmp_path):
+    outputs = input_dir / "outputs"  # predictions written inside an input folder must not come back as inputs
+    found = predict.find_images([str(input_dir)], exclude=outputs)
+    assert sorted(p.relative_to(input_dir).as_posix() for p in found) == [
+        "a/cell.png", "b/cell.png", "broken.png", "deep/cell16.tif", "gray.bmp"]
+    assert [p.name for p in predict.find_images([str(input_dir / "*" / "*.png")], exclude=outputs)] == ["cell.png", "cell.png"]
+    with pytest.raises(UserError, match="nowhere.png"):
+        predict.find_images([str(input_dir / "nowhere.png")], exclude=outputs)
+
+
+def test_output_names_never_collide(tmp_path):
+    paths = [tmp_path / "x" / "cell.png", tmp_path / "y" / "cell.png", tmp_path / "x" / "cell.bmp", tmp_path / "x" / "other.tif"]
+    assert predict.output_names(paths) == ["x/cell.png", "y/cell", "x/cell.bmp", "x/other"]
+    assert predict.output_names([tmp_path / "one.png"]) == ["one"]
+
+
+def test_morphometrics_of_a_drawn_cell():
+    cell = np.zeros((50, 60), bool)
+    cell[10:40, 10:50] = True  # 30 x 40 = 1200 px, nucleus included
+    nucleus = np.zeros_like(cell)
+    nucleus[20:30, 20:30] = True  # 100 px
+    assert predict.morphometrics(cell, nucleus) == {"nucleus_area_px": 100, "cytoplasm_area_px": 1100, "nc_ratio": 100 / 1100}
+    assert predict.morphometrics(nucleus, nucleus)["nc_ratio"] is None  # no cytoplasm: the ratio is undefined
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        predict.get_args(["-h"])
+    help_text = capsys.readouterr().out
+    entries = re.split(r"\n  (?=-)", help_text.split("options:")[1])[1:]  # one per option, its help included
+    explained = {entry.split()[0].rstrip(","): len(entry.split()) for entry in entries}
+    for flag in ("--run-dir", "--seg-checkpoint", "--cls-checkpoint", "--output-dir", "--batch-size", "--device", "--explain"):
+        assert explained[flag] >= 5, f"{flag} has no help"
+    assert "glob" in help_text.split("options:")[0]  # the positional INPUT is explained too
