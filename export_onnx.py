@@ -22,8 +22,7 @@ import onnxruntime
 import torch
 
 from model.segmentation_model import HEADS
-from predict import checkpoint_parser, resolve_checkpoints
-from tools.config import HelpFormatter, check_output_dir
+from tools.config import HelpFormatter, check_output_dir, checkpoint_parser, resolve_checkpoints
 from tools.errors import exit_on_user_error
 from tools.inference import load_model
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tools.config import HelpFormatter, check_output_dir
+from tools.config import HelpFormatter, check_output_dir, checkpoint_parser, resolve_checkpoints
 from tools.data_loader import IMAGE_EXTENSIONS
 from tools.engine import resolve_device
 from tools.errors import UserError, exit_on_user_error
@@ -36,23 +36,6 @@ from utils.preprocessing import read_image, unletterbox
 from utils.visualization import blend_heatmap, overlay_masks
 
 NC_RATIO_DEFINITION = "nucleus area / cytoplasm area, cytoplasm = whole cell minus nucleus (pixels)"
-
-
-def checkpoint_parser() -> argparse.ArgumentParser:
-    """The run folder and the two checkpoints in it: shared with export_onnx.py (resolve with resolve_checkpoints)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--run-dir", type=Path, default=Path("."),
-                        help="training run folder (main_*.py's --output-dir) whose checkpoints/ holds both *_best.pth")
-    parser.add_argument("--seg-checkpoint", type=Path, default=None,
-                        help="stage 1 (mask) checkpoint (default: RUN_DIR/checkpoints/segmentation_best.pth)")
-    parser.add_argument("--cls-checkpoint", type=Path, default=None,
-                        help="stage 2 (class) checkpoint (default: RUN_DIR/checkpoints/classification_best.pth)")
-    return parser
-
-
-def resolve_checkpoints(args: argparse.Namespace) -> None:
-    args.seg_checkpoint = args.seg_checkpoint or args.run_dir / "checkpoints" / "segmentation_best.pth"
-    args.cls_checkpoint = args.cls_checkpoint or args.run_dir / "checkpoints" / "classification_best.pth"
 
 
 def get_args(argv=None) -> argparse.Namespace:

@@ -138,3 +138,20 @@ def check_output_dir(output_dir: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise UserError(f"{output_dir}: output folder cannot be written ({error.strerror}); pass a writable --output-dir")
+
+
+def checkpoint_parser() -> argparse.ArgumentParser:
+    """The run folder and the two checkpoints in it (predict.py, export_onnx.py); resolve with resolve_checkpoints."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--run-dir", type=Path, default=Path("."),
+                        help="training run folder (main_*.py's --output-dir) whose checkpoints/ holds both *_best.pth")
+    parser.add_argument("--seg-checkpoint", type=Path, default=None,
+                        help="stage 1 (mask) checkpoint (default: RUN_DIR/checkpoints/segmentation_best.pth)")
+    parser.add_argument("--cls-checkpoint", type=Path, default=None,
+                        help="stage 2 (class) checkpoint (default: RUN_DIR/checkpoints/classification_best.pth)")
+    return parser
+
+
+def resolve_checkpoints(args: argparse.Namespace) -> None:
+    args.seg_checkpoint = args.seg_checkpoint or args.run_dir / "checkpoints" / "segmentation_best.pth"
+    args.cls_checkpoint = args.cls_checkpoint or args.run_dir / "checkpoints" / "classification_best.pth"
