@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 demo: setup
-	$(PY) -m tools.demo_data --out $(DEMO_DATA)
+	$(PY) -m tools.demo_data --out $(DEMO_DATA) --clusters-per-class 12
 	$(PY) main_segment.py --data-root $(DEMO_DATA) --output-dir $(DEMO_RUN) --preset cpu
 	$(PY) main_classify.py --data-root $(DEMO_DATA) --output-dir $(DEMO_RUN) --preset cpu
 	$(PY) evaluate.py --data-root $(DEMO_DATA) --output-dir $(DEMO_RUN)
