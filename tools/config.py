@@ -104,6 +104,16 @@ def resolve_args(parser: argparse.ArgumentParser, stage: str, argv: Optional[Seq
     return args
 
 
+_said = set()
+
+
+def say_once(message: str) -> None:
+    """Print a note once per process (the out-of-fold models would repeat it)."""
+    if message not in _said:
+        _said.add(message)
+        print(message)
+
+
 def build_with_pretrained_fallback(factory: Callable, config: Dict, weights: Optional[Path], pretrained: bool,
                                    allow_download: bool):
     """Build a model, loading pretrained weights when they can be had without waiting on the network.
@@ -123,10 +133,10 @@ def build_with_pretrained_fallback(factory: Callable, config: Dict, weights: Opt
         try:
             return factory(**config, pretrained=True), "ImageNet weights from the timm cache"
         except Exception as error:  # timm/hub raise many types for "not available"
-            print(f"note: no pretrained weights for {config.get('backbone')} ({type(error).__name__}); "
-                  f"training from scratch. Pass --weights PATH for a local file, or --allow-download.")
+            say_once(f"note: no pretrained weights for {config.get('backbone')} ({type(error).__name__}); "
+                     f"training from scratch. Pass --weights PATH for a local file, or --allow-download.")
     else:
-        print(f"note: --no-pretrained: training {config.get('backbone')} from scratch.")
+        say_once(f"note: --no-pretrained: training {config.get('backbone')} from scratch.")
     return factory(**config), "scratch"
 
 
