@@ -38,6 +38,16 @@ def _save(fig, path):
     return path
 
 
+def _unit_square(ax, xlabel, ylabel, title, top=1.0):
+    """Axes for a curve on [0, 1] x [0, 1] with its diagonal drawn by the caller."""
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, top)
+    ax.set_aspect("equal")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
 def plot_confusion_matrix(confusion, class_names, path, normalize=True, title=None):
     """Heat map of a confusion matrix with the counts written in the cells.
 
@@ -108,12 +118,7 @@ def plot_roc_curves(y_true, y_prob, class_names, path):
         fpr, tpr = roc_curve(is_class, probs[:, k])
         ax.plot(fpr, tpr, color=colours(k % 10), lw=1.5, label=f"{name} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel("False positive rate")
-    ax.set_ylabel("True positive rate")
-    ax.set_title("ROC curves (one-vs-rest)")
+    _unit_square(ax, "False positive rate", "True positive rate", "ROC curves (one-vs-rest)", top=1.01)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
@@ -143,12 +148,7 @@ def plot_reliability_diagram(y_true, y_prob, path, n_bins=15):
     ax.bar(edges[:-1][occupied], (mean_confidence - accuracy)[occupied], bottom=accuracy[occupied],
            width=width, align="edge", color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_aspect("equal")
-    ax.set_xlabel("Confidence")
-    ax.set_ylabel("Accuracy")
-    ax.set_title(f"Reliability diagram (ECE {ece:.3f})")
+    _unit_square(ax, "Confidence", "Accuracy", f"Reliability diagram (ECE {ece:.3f})")
     ax.legend(loc="upper left", fontsize=8)
     return _save(fig, path)
 
