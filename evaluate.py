@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 import numpy as np
-import torch
 
 from tools.config import HelpFormatter, check_output_dir, data_parser
 from tools.data_loader import CellRecord, ground_truth_masks, load_image, read_records
