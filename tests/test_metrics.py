@@ -22,6 +22,7 @@ from tools.metrics import (
     dice_score,
     expected_calibration_error,
     iou_score,
+    most_confused_pairs,
     pixel_accuracy,
     roc_curve,
 )
@@ -205,6 +206,17 @@ def _assert_matches_sklearn(labels, probs):
     # Plain Python types only: json must round-trip it unchanged.
     assert json.loads(json.dumps(result)) == result
     return result
+
+
+def test_most_confused_pairs_lists_off_diagonal_counts_largest_first():
+    confusion = np.array([[5, 3, 0],
+                          [1, 7, 2],
+                          [0, 3, 9]])
+    pairs = most_confused_pairs(confusion, ["a", "b", "c"], top=3)
+    assert pairs == [{"true": "a", "predicted": "b", "count": 3, "share": 3 / 8},
+                     {"true": "c", "predicted": "b", "count": 3, "share": 3 / 12},
+                     {"true": "b", "predicted": "c", "count": 2, "share": 2 / 10}]
+    assert most_confused_pairs(np.eye(3, dtype=int), ["a", "b", "c"]) == []  # no error, nothing listed
 
 
 @pytest.mark.parametrize("seed", range(4))

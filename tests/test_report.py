@@ -72,7 +72,8 @@ def synthetic_results():
         "classification": {"accuracy": 0.5, "balanced_accuracy": 0.5, "macro_precision": 0.5, "macro_recall": 0.5,
                            "macro_f1": 0.5, "weighted_f1": 0.5, "roc_auc_macro": None,
                            "roc_auc_per_class": {"normal_a": None, "<abnormal>": 0.75}, "per_class": per_class,
-                           "num_samples": 4, "accuracy_ci95": [0.1, 0.9]},
+                           "num_samples": 4, "accuracy_ci95": [0.1, 0.9],
+                           "most_confused": [{"true": "<abnormal>", "predicted": "normal_a", "count": 1, "share": 0.5}]},
         "normal_vs_abnormal": None,
         "calibration": {"temperature": 1.5, "ece_before": 0.2, "ece_after": 0.05},
     }
@@ -87,6 +88,7 @@ def test_report_is_self_contained_with_every_section(tmp_path):
     assert len(page.image_sources) == 2  # the one plot given, the one error; missing plots are said, not broken
     text = path.read_text()
     assert "&lt;abnormal&gt;" in text and "<abnormal>" not in text  # names are escaped
+    assert "<td>&lt;abnormal&gt;</td><td>normal_a</td><td>1</td><td>50%</td>" in text  # the most confused pair
 
 
 def test_worst_errors_are_the_most_confident_mistakes():
@@ -118,5 +120,11 @@ def test_evaluate_writes_the_report(evaluation):
     page = parse(evaluation / "report.html")
     assert_self_contained(page)
     metrics = json.loads((evaluation / "metrics.json").read_text())
-    errors = metrics["num_cells"] - np.trace(np.array(metrics["classification"]["confusion_matrix"]))
+    confusion = np.array(metrics["classification"]["confusion_matrix"])
+    errors = metrics["num_cells"] - np.trace(confusion)
+    most_confused = metrics["classification"]["most_confused"][0]
+    names = metrics["classification"]["class_names"]
+    off_diagonal = confusion - np.diag(np.diag(confusion))
+    assert most_confused["count"] == off_diagonal.max() == confusion[names.index(most_confused["true"]),
+                                                                      names.index(most_confused["predicted"])]
     assert len(page.image_sources) == 3 + min(4, errors)  # confusion matrix, ROC, reliability + the gallery

@@ -5,6 +5,8 @@ number against scikit-learn as an independent reference. The conventions follow
 scikit-learn's defaults with ``zero_division=0`` unless a docstring says otherwise.
 """
 
+from typing import Dict, List, Sequence
+
 import numpy as np
 
 
@@ -125,6 +127,12 @@ class SegmentationMeter:
             scores["dice"].append(dice_score(pred, target))
             scores["iou"].append(iou_score(pred, target))
             scores["pixel_acc"].append(pixel_accuracy(pred, target))
+
+    def merge(self, other):
+        """Add the scores another meter accumulated (another process's share of the images)."""
+        for head in self.heads:
+            for name, scores in self._scores[head].items():
+                scores.extend(other._scores[head][name])
 
     def compute(self):
         """Mean of each per-image score.
@@ -289,9 +297,24 @@ def classification_metrics(y_true, y_prob, class_names):
             for k, name in enumerate(class_names)
         },
         "confusion_matrix": confusion.tolist(),
+        "most_confused": most_confused_pairs(confusion, class_names),
         "class_names": class_names,
         "num_samples": int(labels.size),
     }
+
+
+def most_confused_pairs(confusion: np.ndarray, class_names: Sequence[str], top: int = 5) -> List[Dict]:
+    """The largest off-diagonal cells of a confusion matrix (rows true), most frequent first.
+
+    Returns up to `top` dicts {true, predicted, count, share}, share being the fraction of the true
+    class's cells that went to the predicted class; pairs that never occur are left out.
+    """
+    support = confusion.sum(axis=1)
+    pairs = [(int(confusion[t, p]), t, p) for t in range(len(class_names)) for p in range(len(class_names))
+             if t != p and confusion[t, p] > 0]
+    pairs.sort(key=lambda pair: (-pair[0], pair[1], pair[2]))
+    return [{"true": class_names[t], "predicted": class_names[p], "count": count, "share": count / int(support[t])}
+            for count, t, p in pairs[:top]]
 
 
 def binary_metrics(y_true, y_prob, positive_classes, class_names):

@@ -146,7 +146,10 @@ def classification_body(cls: Dict) -> str:
                                     f"{number(low, 3)} – {number(high, 3)}"],
                                    ["balanced accuracy", cls["balanced_accuracy"]], ["weighted F1", cls["weighted_f1"]]])
     per_class = table(["class", "precision", "recall", "F1", "ROC-AUC", "support"], rows, total_rows=1)
-    return f'<div class="tables">{per_class}{summary}</div>'
+    confused = table(["true class", "predicted as", "cells", "share of true class"],
+                     [[pair["true"], pair["predicted"], str(pair["count"]), f"{pair['share']:.0%}"]
+                      for pair in cls["most_confused"]]) if cls.get("most_confused") else ""
+    return f'<div class="tables">{per_class}{summary}{confused}</div>'
 
 
 def binary_body(binary: Optional[Dict]) -> str:
