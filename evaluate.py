@@ -102,7 +102,8 @@ def classify(args, records, predicted_masks: Dict, device):
     temperature = float(cls_checkpoint.get("temperature", 1.0))  # absent from checkpoints made before calibration
     check_known_classes(records, class_names, args.cls_checkpoint)
     provider = ground_truth_masks if args.mask_source == "gt" else (lambda record, shape: predicted_masks[record.sample_id])
-    cells = prepare_cells(records, cls_checkpoint["args"]["img_size"], provider, desc="loading cells")
+    # the predicted masks are held in memory, so only ground-truth masks are cached
+    cells = prepare_cells(records, cls_checkpoint["args"]["img_size"], provider, "loading cells", args.cache_dir)
     loader = make_loader(ClassificationDataset(cells, class_names, train=False), args.batch_size, False, 0, device, 0)
     calibrated, uncalibrated = [], []
     for inputs, _ in loader:
@@ -165,6 +166,9 @@ def print_summary(results: Dict, eval_dir: Path) -> None:
     low, high = cls["accuracy_ci95"]
     print(f"classification ({results['mask_source']} masks): accuracy {cls['accuracy']:.4f} (95% CI {low:.3f}-{high:.3f})  balanced {cls['balanced_accuracy']:.4f}  "
           f"macro-F1 {cls['macro_f1']:.4f}  ROC-AUC {cls['roc_auc_macro'] or float('nan'):.4f}")
+    if cls["most_confused"]:
+        print("most confused (true -> predicted): " + ", ".join(
+            f"{pair['true']} -> {pair['predicted']} {pair['count']} ({pair['share']:.0%})" for pair in cls["most_confused"]))
     if results["normal_vs_abnormal"]:
         print(f"normal vs abnormal: accuracy {results['normal_vs_abnormal']['accuracy']:.4f}")
     calibration = results["calibration"]

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import train_classify
+from tools import distributed
 from tools.calibration import calibrate_checkpoints, describe_fit
-from tools.config import HelpFormatter, check_output_dir, resolve_args, training_parser
+from tools.config import HelpFormatter, check_output_dir, resolve_args, stage_default, training_parser
 from tools.errors import exit_on_user_error
 
 
@@ -30,6 +31,9 @@ def get_args(argv=None) -> argparse.Namespace:
                        help="predicted masks to train on (default: <output-dir>/outputs/masks, where main_segment.py writes them)")
     group.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=True,
                        help="weight the loss by inverse class frequency")
+    group.add_argument("--balanced-sampling", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"draw training cells so that every class is seen equally often (with replacement) "
+                            f"{stage_default('classification', 'balanced_sampling')}")
     group.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
     return resolve_args(parser, "classification", argv)
 
@@ -38,11 +42,14 @@ def get_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = get_args(argv)
     check_output_dir(args.output_dir)
+    args.device = str(distributed.setup(args.device))  # under torchrun: this process's GPU
     started = time.time()
     best = train_classify.train(args)
     print(f"classification trained in {time.time() - started:.0f}s; best val macro-F1 {best.get('macro_f1', float('nan')):.4f} "
           f"accuracy {best.get('accuracy', float('nan')):.4f} (epoch {best.get('epoch')})")
-    print(describe_fit(calibrate_checkpoints(args, train_classify.mask_provider)))
+    if distributed.is_main_process():
+        print(describe_fit(calibrate_checkpoints(args, train_classify.mask_provider)))
+    distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import train_segment
 from tools.config import HelpFormatter, check_output_dir, resolve_args, stage_default, training_parser
-from tools.engine import resolve_device
+from tools import distributed
 from tools.errors import exit_on_user_error
 from tools.inference import export_masks, load_model
 from tools.splits import group_folds, open_split
@@ -40,15 +40,17 @@ def export_out_of_fold_masks(args, train_records, val_records, masks_dir: Path, 
         held_out_ids = {r.sample_id for r in held_out}
         fold_train = [r for r in train_records if r.sample_id not in held_out_ids]
         train_segment.train(args, fold_train, val_records, fold_dir, args.output_dir / "logs" / "segmentation_oof" / f"fold{fold}")
-        model, _ = load_model(fold_dir / "segmentation_best.pth", "segmentation", device)
-        export_masks(model, held_out, masks_dir, args.img_size, device, args.batch_size)
+        if distributed.is_main_process():
+            model, _ = load_model(fold_dir / "segmentation_best.pth", "segmentation", device)
+            export_masks(model, held_out, masks_dir, args.img_size, device, args.batch_size)
 
 
 @exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
     check_output_dir(args.output_dir)
-    device = resolve_device(args.device)
+    device = distributed.setup(args.device)
+    args.device = str(device)  # under torchrun: this process's GPU
     started = time.time()
 
     # 1. Cells and split
@@ -60,16 +62,20 @@ def main(argv=None) -> None:
                                args.output_dir / "logs" / "segmentation", args.resume)
     print(f"segmentation trained in {time.time() - started:.0f}s; best val dice cyt {best.get('dice_cyt', float('nan')):.4f} "
           f"nuc {best.get('dice_nuc', float('nan')):.4f} (epoch {best.get('epoch')})")
-    if args.skip_export:
-        return
+    if not args.skip_export:
+        export_all_masks(args, split, device, started)
+    distributed.teardown()
 
-    # 3. Masks for every cell of the data root, the train cells' out-of-fold when asked
+
+def export_all_masks(args, split, device, started: float) -> None:
+    """Masks for every cell of the data root, the train cells' out-of-fold when asked (written by rank 0)."""
     masks_dir = args.output_dir / "outputs" / "masks"
-    model, _ = load_model(args.output_dir / "checkpoints" / "segmentation_best.pth", "segmentation", device)
-    count = export_masks(model, split.records, masks_dir, args.img_size, device, args.batch_size)
+    if distributed.is_main_process():
+        model, _ = load_model(args.output_dir / "checkpoints" / "segmentation_best.pth", "segmentation", device)
+        export_masks(model, split.records, masks_dir, args.img_size, device, args.batch_size)
     if args.oof_folds and args.oof_folds > 1:
         export_out_of_fold_masks(args, split.by_split["train"], split.by_split["val"], masks_dir, device)
-    print(f"wrote {count} cytoplasm + nucleus mask pairs to {masks_dir} ({time.time() - started:.0f}s in all)")
+    print(f"wrote {len(split.records)} cytoplasm + nucleus mask pairs to {masks_dir} ({time.time() - started:.0f}s in all)")
 
 
 if __name__ == "__main__":

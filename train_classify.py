@@ -15,7 +15,9 @@ from model.classification_model import ConvNeXtAttentionClassifier
 from tools.config import build_with_pretrained_fallback
 from tools.data_loader import CellRecord, MaskProvider, ground_truth_masks
 from tools.datasets import ClassificationDataset, prepare_cells
-from tools.engine import RunState, Task, adamw, fit, make_loader, resolve_device, seed_everything, warmup_cosine
+from tools import distributed
+from tools.engine import (RunState, Task, adamw, fit, make_loader, resolve_acceleration, resolve_device, seed_everything,
+                          warmup_cosine)
 from tools.errors import UserError
 from tools.inference import PredictedMaskFiles, export_masks, load_model
 from tools.metrics import classification_metrics
@@ -33,6 +35,10 @@ class ClassificationBatchMeter:
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         self.labels.append(labels.cpu().numpy())
+
+    def merge(self, other: "ClassificationBatchMeter") -> None:
+        self.probs += other.probs
+        self.labels += other.labels
 
     def compute(self) -> Dict[str, float]:
         report = classification_metrics(np.concatenate(self.labels), np.concatenate(self.probs), self.class_names)
@@ -66,9 +72,17 @@ def mask_provider(args: argparse.Namespace, records: Sequence[CellRecord], devic
     if missing:
         seg_checkpoint = args.seg_checkpoint or args.output_dir / "checkpoints" / "segmentation_best.pth"
         print(f"{len(missing)} cells have no predicted masks in {masks_dir}; predicting them with {seg_checkpoint}")
-        seg_model, checkpoint = load_model(seg_checkpoint, "segmentation", device)
-        export_masks(seg_model, missing, masks_dir, checkpoint["args"]["img_size"], device)
+        if distributed.is_main_process():
+            seg_model, checkpoint = load_model(seg_checkpoint, "segmentation", device)
+            export_masks(seg_model, missing, masks_dir, checkpoint["args"]["img_size"], device)
+        distributed.barrier()
     return provider
+
+
+def balanced_sample_weights(records: Sequence[CellRecord]) -> np.ndarray:
+    """Per-cell sampling weights 1 / (its class's count): every class is drawn equally often."""
+    counts = Counter(r.label for r in records)
+    return np.array([1.0 / counts[r.label] for r in records])
 
 
 def model_config(args: argparse.Namespace, class_names: Sequence[str]) -> Dict:
@@ -86,10 +100,12 @@ def train(args: argparse.Namespace) -> Dict:
     provider = mask_provider(args, split.by_split["train"] + split.by_split["val"], device)
 
     # 2. Decode and letterbox once (RGB + masks), then wrap in augmenting datasets
-    train_cells = prepare_cells(split.by_split["train"], args.img_size, provider, desc="loading train cells")
-    val_cells = prepare_cells(split.by_split["val"], args.img_size, provider, desc="loading val cells")
+    train_cells = prepare_cells(split.by_split["train"], args.img_size, provider, "loading train cells", args.cache_dir)
+    val_cells = prepare_cells(split.by_split["val"], args.img_size, provider, "loading val cells", args.cache_dir)
+    sample_weights = balanced_sample_weights(split.by_split["train"]) if args.balanced_sampling else None
     train_loader = make_loader(ClassificationDataset(train_cells, class_names, train=True), args.batch_size, True,
-                               args.workers, device, args.seed, drop_last=len(train_cells.images) > args.batch_size)
+                               args.workers, device, args.seed, drop_last=len(train_cells.images) > args.batch_size,
+                               sample_weights=sample_weights)
     val_loader = make_loader(ClassificationDataset(val_cells, class_names, train=False), args.batch_size, False,
                              args.workers, device, args.seed)
 
@@ -99,7 +115,8 @@ def train(args: argparse.Namespace) -> Dict:
     model.to(device)
     weights = inverse_frequency_weights(split.by_split["train"], class_names) if args.class_weights else None
     task = classification_task(class_names, weights, args.label_smoothing)
-    optimizer = adamw(model, args.lr, args.weight_decay)
+    accel = resolve_acceleration(args, device)
+    optimizer = adamw(model, args.lr, args.weight_decay, accel.fused_adamw)
     scheduler = warmup_cosine(optimizer, args.epochs * len(train_loader), int(args.warmup_epochs * len(train_loader)))
     print(f"classification: {args.backbone} ({origin}), {len(class_names)} classes, {len(train_cells.images)} train / "
           f"{len(val_cells.images)} val cells, {args.mask_source} masks, {args.img_size}px, {args.epochs} epochs on {device}")
@@ -107,4 +124,5 @@ def train(args: argparse.Namespace) -> Dict:
     # 4. Train
     run = RunState("classification", vars(args), config, class_names)
     return fit(model, task, train_loader, val_loader, optimizer, scheduler, device, args.epochs, run,
-               args.output_dir / "checkpoints", args.output_dir / "logs" / "classification", args.resume)
+               args.output_dir / "checkpoints", args.output_dir / "logs" / "classification", args.resume, accel,
+               args.ema_decay)

@@ -14,7 +14,8 @@ from model.segmentation_model import HEADS, DualHeadAttConvNeXtUNet
 from tools.config import build_with_pretrained_fallback
 from tools.data_loader import CellRecord
 from tools.datasets import SegmentationDataset, prepare_cells
-from tools.engine import RunState, Task, adamw, fit, make_loader, resolve_device, seed_everything, warmup_cosine
+from tools.engine import (RunState, Task, adamw, fit, make_loader, resolve_acceleration, resolve_device, seed_everything,
+                          warmup_cosine)
 from tools.errors import UserError
 from tools.metrics import SegmentationMeter
 
@@ -43,6 +44,9 @@ class SegmentationBatchMeter:
         for i, head in enumerate(HEADS):
             self.meter.update(head, outputs[head][:, 0] > 0, masks[:, i] > 0.5)
 
+    def merge(self, other: "SegmentationBatchMeter") -> None:
+        self.meter.merge(other.meter)
+
     def compute(self) -> Dict[str, float]:
         return self.meter.compute()
 
@@ -67,8 +71,8 @@ def train(args: argparse.Namespace, train_records: Sequence[CellRecord], val_rec
     device = resolve_device(args.device)
 
     # 1. Decode and letterbox once, then wrap in augmenting datasets
-    train_cells = prepare_cells(train_records, args.img_size, desc="loading train cells")
-    val_cells = prepare_cells(val_records, args.img_size, desc="loading val cells")
+    train_cells = prepare_cells(train_records, args.img_size, desc="loading train cells", cache_dir=args.cache_dir)
+    val_cells = prepare_cells(val_records, args.img_size, desc="loading val cells", cache_dir=args.cache_dir)
     train_loader = make_loader(SegmentationDataset(train_cells, train=True), args.batch_size, True, args.workers,
                                device, args.seed, drop_last=len(train_cells.images) > args.batch_size)
     val_loader = make_loader(SegmentationDataset(val_cells, train=False), args.batch_size, False, args.workers, device, args.seed)
@@ -77,7 +81,8 @@ def train(args: argparse.Namespace, train_records: Sequence[CellRecord], val_rec
     config = model_config(args)
     model, origin = build_with_pretrained_fallback(DualHeadAttConvNeXtUNet, config, args.weights, args.pretrained, args.allow_download)
     model.to(device)
-    optimizer = adamw(model, args.lr, args.weight_decay)
+    accel = resolve_acceleration(args, device)
+    optimizer = adamw(model, args.lr, args.weight_decay, accel.fused_adamw)
     scheduler = warmup_cosine(optimizer, args.epochs * len(train_loader), int(args.warmup_epochs * len(train_loader)))
     print(f"segmentation: {args.backbone} ({origin}), {len(train_cells.images)} train / {len(val_cells.images)} val cells, "
           f"{args.img_size}px, {args.epochs} epochs on {device}")
@@ -85,4 +90,4 @@ def train(args: argparse.Namespace, train_records: Sequence[CellRecord], val_rec
     # 3. Train
     run = RunState("segmentation", vars(args), config)
     return fit(model, SEGMENTATION_TASK, train_loader, val_loader, optimizer, scheduler, device, args.epochs, run,
-               checkpoint_dir, log_dir, resume)
+               checkpoint_dir, log_dir, resume, accel, args.ema_decay)

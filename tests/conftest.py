@@ -9,7 +9,20 @@ import cv2
 import numpy as np
 import pytest
 
+from tools.config import CELL_CACHE_ENV
 from tools.demo_data import make_demo_dataset
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cell_cache_in_tmp(tmp_path_factory):
+    """Scripts run by the tests (in-process or as subprocesses) keep their cell cache here, never in ~/.cache."""
+    previous = os.environ.get(CELL_CACHE_ENV)
+    os.environ[CELL_CACHE_ENV] = str(tmp_path_factory.mktemp("cell_cache"))
+    yield
+    if previous is None:
+        os.environ.pop(CELL_CACHE_ENV)
+    else:
+        os.environ[CELL_CACHE_ENV] = previous
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,18 @@ from torch.utils.data import TensorDataset
 
 import tools.engine as engine
 from tools.engine import (
+    Acceleration,
+    ModelEma,
     RunState,
+    SeededSampler,
     Task,
     TrainingDiverged,
     autocast_dtype,
     fit,
     load_checkpoint,
     make_loader,
+    adamw,
+    resolve_acceleration,
     resolve_device,
     save_checkpoint,
     seed_everything,
@@ -118,6 +123,80 @@ def test_warmup_cosine_without_warmup_and_past_the_end():
 
 def test_autocast_dtype_is_none_on_cpu():
     assert autocast_dtype(CPU) is None
+
+
+def speed_flags(**chosen):
+    """The training scripts' speed flags as parsed, all unset (auto) unless given."""
+    flags = dict(amp="auto", channels_last=None, compile=False, fused_adamw=None, cudnn_benchmark=None, sync_bn=False,
+                 deterministic=False)
+    return SimpleNamespace(**{**flags, **chosen})
+
+
+def test_speed_flags_change_nothing_on_cpu_by_default():
+    assert resolve_acceleration(speed_flags(), CPU) == Acceleration()
+    assert Acceleration().grad_scaler(CPU) is None
+
+
+def test_speed_flags_asked_for_explicitly_are_kept():
+    accel = resolve_acceleration(speed_flags(amp="fp16", channels_last=True, compile=True, fused_adamw=True), CPU)
+    assert accel.amp_dtype == torch.float16 and accel.channels_last and accel.compile and accel.fused_adamw
+    assert isinstance(accel.grad_scaler(CPU), torch.amp.GradScaler)  # fp16 needs loss scaling
+    assert resolve_acceleration(speed_flags(amp="bf16"), CPU).amp_dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_speed_flags_default_on_for_cuda():
+    accel = resolve_acceleration(speed_flags(), torch.device("cuda"))
+    assert accel.amp_dtype in (torch.bfloat16, torch.float16)
+    assert accel.channels_last and accel.fused_adamw and accel.cudnn_benchmark and not accel.compile
+    assert not resolve_acceleration(speed_flags(deterministic=True), torch.device("cuda")).cudnn_benchmark
+
+
+def test_sync_bn_on_cpu_is_refused_with_a_clear_error():
+    with pytest.raises(UserError, match="--sync-bn needs CUDA"):
+        resolve_acceleration(speed_flags(sync_bn=True), CPU)
+
+
+def test_fused_adamw_takes_the_same_step_as_the_plain_one():
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(4, 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    inputs = torch.randn(8, 4)
+    for model, fused in zip(models, (False, True)):
+        optimizer = adamw(model, lr=0.1, weight_decay=0.05, fused=fused)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(inputs).square().mean().backward()
+            optimizer.step()
+    for plain, fused in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(plain, fused)
+
+
+def test_model_ema_follows_the_weights_with_a_warming_decay():
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = ModelEma(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model, step=0)  # decay min(0.9, 1/10) = 0.1: the first average is mostly the new weights
+    assert ema.module.weight.item() == pytest.approx(0.9)
+    ema.update(model, step=1000)  # decay 0.9 from then on
+    assert ema.module.weight.item() == pytest.approx(0.9 + 0.1 * 0.1)
+    assert not ema.module.weight.requires_grad and not ema.module.training
+
+
+def test_balanced_sampler_draws_every_class_about_equally():
+    labels = np.array([0] * 90 + [1] * 10)
+    weights = 1.0 / np.bincount(labels)[labels]
+    sampler = SeededSampler(len(labels), shuffle=True, seed=0, sample_weights=weights)
+    drawn = []
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        drawn += [labels[index] for index, _ in sampler]
+    assert len(drawn) == 20 * 100
+    assert 0.4 < np.mean(drawn) < 0.6  # the 10 % class fills about half of every epoch
+    sampler.set_epoch(3)
+    assert list(sampler) == list(sampler)  # drawn from (seed, epoch) alone
 
 
 def test_resolve_device():
@@ -275,6 +354,19 @@ def test_fit_resumes_at_the_next_epoch(tmp_path, capsys):
     # nothing left to do: resuming with as many epochs as done trains nothing
     fit(**setup_run(tmp_path), epochs=5, resume=last)
     assert len(log_lines(tmp_path)) == 5
+
+
+def test_fit_with_ema_scores_and_saves_the_average_and_resumes_from_the_raw_weights(tmp_path):
+    parts = setup_run(tmp_path)
+    fit(**parts, epochs=2, ema_decay=0.9)
+    last = load_checkpoint(tmp_path / "checkpoints" / "toy_last.pth", "toy")
+    for name, value in parts["model"].state_dict().items():
+        assert torch.equal(last["raw_model"][name], value)  # what training goes on from
+        assert not torch.equal(last["model"][name], value)  # what was validated: the average
+    resumed = setup_run(tmp_path)
+    fit(**resumed, epochs=3, ema_decay=0.9, resume=tmp_path / "checkpoints" / "toy_last.pth")
+    assert load_checkpoint(tmp_path / "checkpoints" / "toy_last.pth", "toy")["epoch"] == 3
+    assert [line["epoch"] for line in log_lines(tmp_path)] == [1, 2, 3]
 
 
 def test_fit_resume_refuses_another_stage(tmp_path):

@@ -95,7 +95,8 @@ def calibrate_checkpoints(args: argparse.Namespace, mask_provider_for: Callable)
     """
     device = resolve_device(args.device)
     val_records = open_split(args).by_split["val"]
-    cells = prepare_cells(val_records, args.img_size, mask_provider_for(args, val_records, device), desc="loading val cells")
+    cells = prepare_cells(val_records, args.img_size, mask_provider_for(args, val_records, device), "loading val cells",
+                          args.cache_dir)
     fitted_by_epoch: Dict[int, Dict[str, float]] = {}
     for name in ("last", "best"):
         path = Path(args.output_dir) / "checkpoints" / f"classification_{name}.pth"

@@ -5,13 +5,14 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 from tools.errors import UserError
-from tools.pretrained import offline_weights
+from tools.pretrained import CACHE_DIR, offline_weights
 
 # Stage defaults: the seed's full configuration, meant for a GPU.
 STAGE_DEFAULTS = {
     "segmentation": dict(backbone="convnext_tiny", img_size=256, batch_size=8, epochs=50, lr=1e-4,
-                         decoder_channels=[256, 128, 64], oof_folds=0),
-    "classification": dict(backbone="convnext_tiny", img_size=256, batch_size=16, epochs=30, lr=1e-4),
+                         decoder_channels=[256, 128, 64], oof_folds=0, ema_decay=0.0),
+    "classification": dict(backbone="convnext_tiny", img_size=256, batch_size=16, epochs=30, lr=1e-4, ema_decay=0.0,
+                           balanced_sampling=False),
 }
 # `--preset cpu` overrides only what it must to train usefully on 2 CPU cores.
 PRESETS = {
@@ -23,6 +24,14 @@ PRESETS = {
         "classification": dict(backbone="efficientnet_lite0", img_size=128, batch_size=32, epochs=30, lr=1e-3),
     },
 }
+
+
+CELL_CACHE_ENV = "CERVICAL_CYTOLOGY_CACHE"  # overrides the default of --cache-dir (tests point it at a temporary folder)
+
+
+def cache_dir_arg(text: str) -> Optional[Path]:
+    """--cache-dir value: a folder, or 'none' for no cache."""
+    return None if text.strip().lower() == "none" else Path(text).expanduser()
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -50,10 +59,14 @@ def data_parser() -> argparse.ArgumentParser:
     group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split when it is first made")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--workers", type=int, default=2, help="data loader worker processes")
-    group.add_argument("--batch-size", type=int, default=None, help="images per batch (training: stage default, see --preset; evaluation: 16)")
+    group.add_argument("--batch-size", type=int, default=None, help="images per batch, per process under torchrun (training: stage default, see --preset; evaluation: 16)")
     group.add_argument("--skip-bad", action="store_true",
                        help="leave out cells whose image, mask or boundary file is bad and list them in "
                             "<output-dir>/skipped_cells.txt (default: stop at the first one)")
+    group.add_argument("--cache-dir", type=cache_dir_arg, default=os.environ.get(CELL_CACHE_ENV, str(CACHE_DIR / "cells")),
+                       help="folder keeping the decoded, letterboxed cells between runs, one .npz per cell set, size "
+                            "and mask source, rebuilt when any of their files changes; 'none': decode every run "
+                            f"(default: ${CELL_CACHE_ENV}, else ~/.cache/cervical-cytology/cells)")
     return parser
 
 
@@ -85,7 +98,28 @@ def training_parser(stage: str) -> argparse.ArgumentParser:
     group.add_argument("--deterministic", action="store_true", help="deterministic algorithms: identical reruns on CPU, slower")
     group.add_argument("--resume", type=Path, nargs="?", const=Path("auto"), default=None,
                        help="resume from a checkpoint (no value: <output-dir>/checkpoints/<stage>_last.pth)")
+    group.add_argument("--ema-decay", type=float, default=None,
+                       help=f"validate and keep an exponential moving average of the weights with this decay per step; "
+                            f"0: off {stage_default(stage, 'ema_decay')}")
+    add_speed_flags(parser)
     return parser
+
+
+def add_speed_flags(parser: argparse.ArgumentParser) -> None:
+    """GPU speed-ups (tools/engine.resolve_acceleration). Unset means on for CUDA and off on CPU, where they do not help."""
+    group = parser.add_argument_group("speed (GPU; on CPU nothing changes unless asked)")
+    group.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                       help="mixed precision: auto is bf16 on GPUs that support it, else fp16 with a gradient scaler, "
+                            "and off on CPU (bf16 autocast is ~25x slower on a CPU without AMX)")
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="NHWC memory layout for convolutions (default: on for CUDA)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the training model (slow first steps)")
+    group.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=None,
+                       help="fused AdamW kernel (default: on for CUDA)")
+    group.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
+                       help="let cuDNN time its convolution algorithms (default: on for CUDA unless --deterministic)")
+    group.add_argument("--sync-bn", action="store_true",
+                       help="under torchrun: BatchNorm statistics over the global batch, not each process's")
 
 
 def resolve_args(parser: argparse.ArgumentParser, stage: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -107,11 +141,11 @@ def resolve_args(parser: argparse.ArgumentParser, stage: str, argv: Optional[Seq
 _said = set()
 
 
-def say_once(message: str) -> None:
-    """Print a note once per process (the out-of-fold models would repeat it)."""
+def say_once(message: str, file=None) -> None:
+    """Print a note once per process (the out-of-fold models would repeat it); file: sys.stdout unless given."""
     if message not in _said:
         _said.add(message)
-        print(message)
+        print(message, file=file)
 
 
 def build_with_pretrained_fallback(factory: Callable, config: Dict, weights: Optional[Path], pretrained: bool,

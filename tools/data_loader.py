@@ -292,6 +292,9 @@ def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropp
 # ---------------------------------------------------------------- loading one sample
 
 MaskProvider = Callable[[CellRecord, Tuple[int, int]], Tuple[np.ndarray, np.ndarray]]
+# A provider whose masks may be cached (tools.datasets.prepare_cells) says where they come from in a
+# `cache_key` string and, when it reads files other than the record's own, lists them with `mask_files(record)`;
+# a provider without cache_key (masks held in memory) is never cached.
 
 
 def ground_truth_masks(record: CellRecord, shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
@@ -312,6 +315,9 @@ def ground_truth_masks(record: CellRecord, shape: Tuple[int, int]) -> Tuple[np.n
         raise UserError(f"{source}: the cell mask is empty (no foreground pixel, nucleus included); "
                         f"outline the cell or remove it")
     return cell_mask, nuc_mask
+
+
+ground_truth_masks.cache_key = "gt"  # its files are the record's own
 
 
 def load_image(record: CellRecord) -> np.ndarray:

@@ -4,7 +4,12 @@ Decoding, polygon drawing and letterboxing happen in the main process before tra
 progress bar), so a bad file stops the run at load time with its name, and workers only augment.
 check_cells decodes every cell of a data root once more, up front, so that a bad file stops (or under
 --skip-bad is left out of) a run before training, not at the mask export or evaluation after it.
+prepare_cells keeps what it built in --cache-dir, so later runs on unchanged files read arrays instead.
 """
+import contextlib
+import hashlib
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -14,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from tools.config import say_once
 from tools.data_loader import CellRecord, CellSample, MaskProvider, ground_truth_masks, load_sample, with_skip_hint
 from tools.errors import UserError
 from utils.preprocessing import build_augmentation, letterbox, normalize_image, seed_augmentation
@@ -82,8 +88,7 @@ def report_skipped(skipped: Sequence[SkippedCell], output_dir: Path) -> None:
         print(f"skipped {len(skipped)} bad cells: {shown}{more} (list in {path})")
 
 
-def prepare_cells(records: Sequence[CellRecord], size: int, mask_provider: Optional[MaskProvider] = ground_truth_masks,
-                  desc: str = "loading cells") -> PreparedCells:
+def decode_cells(records: Sequence[CellRecord], size: int, mask_provider: Optional[MaskProvider], desc: str) -> PreparedCells:
     images = np.empty((len(records), size, size, 3), dtype=np.uint8)
     masks = np.empty((len(records), 2, size, size), dtype=np.uint8) if mask_provider else None
     for index, (record, sample) in enumerate(load_samples(records, mask_provider, desc)):
@@ -92,6 +97,103 @@ def prepare_cells(records: Sequence[CellRecord], size: int, mask_provider: Optio
         if masks is not None:
             masks[index] = np.stack(boxed_masks)
     return PreparedCells(images, masks, list(records))
+
+
+# ---------------------------------------------------------------- cache of prepared cells
+
+CACHE_FORMAT = 1  # bump when decoding, mask drawing or letterboxing changes, so that older cache files stop matching
+
+
+def cell_files(record: CellRecord, mask_provider: Optional[MaskProvider]) -> List[Path]:
+    """Every file a cell is built from: its image, mask PNGs and boundary .dat files, and the provider's own masks."""
+    provided = mask_provider.mask_files(record) if hasattr(mask_provider, "mask_files") else ()
+    files = (record.image_path, record.cyt_mask_path, record.nuc_mask_path, *record.polygon_files, *provided)
+    return [Path(path) for path in files if path is not None]
+
+
+def file_stamp(path: Path) -> str:
+    """'<absolute path> <bytes> <mtime ns>': changes when the file is rewritten, appears or disappears."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return f"{path.absolute()} missing"  # decoding will raise the error that names it
+    return f"{path.absolute()} {stat.st_size} {stat.st_mtime_ns}"
+
+
+def cache_key(records: Sequence[CellRecord], size: int, mask_provider: Optional[MaskProvider]) -> Optional[str]:
+    """Short sha1 of all that the prepared arrays depend on; None when the mask source cannot be named (no caching)."""
+    mask_source = "none" if mask_provider is None else getattr(mask_provider, "cache_key", None)
+    if mask_source is None:
+        return None
+    digest = hashlib.sha1(f"format {CACHE_FORMAT}\nsize {size}\nmasks {mask_source}\n".encode())
+    for record in records:
+        stamps = "\t".join(file_stamp(path) for path in cell_files(record, mask_provider))
+        digest.update(f"{record.sample_id}\t{record.label}\t{record.crop_box}\t{stamps}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_cached_cells(path: Path, key: str, records: Sequence[CellRecord], size: int,
+                      with_masks: bool) -> Optional[PreparedCells]:
+    """The cells stored at path, or None when it is absent, unreadable or holds something else."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if str(stored["key"]) != key:
+                return None
+            images = stored["images"]
+            masks = stored["masks"] if with_masks else None
+    except Exception:  # missing, truncated or foreign: the cache is only a shortcut, so the caller builds again
+        return None
+    if images.shape != (len(records), size, size, 3) or (with_masks and masks.shape != (len(records), 2, size, size)):
+        return None
+    return PreparedCells(images, masks, list(records))
+
+
+def save_cached_cells(path: Path, key: str, cells: PreparedCells) -> None:
+    """Write to a temporary name, then rename, so that a crash never leaves a broken file under the real name.
+
+    A folder that cannot be written is said once, on stderr; the run goes on without the cache.
+    """
+    arrays = {"key": np.array(key), "images": cells.images}
+    if cells.masks is not None:
+        arrays["masks"] = cells.masks
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two runs may build the same file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp_path, "wb") as file:  # a file object, because np.savez appends .npz to a name
+            np.savez(file, **arrays)
+        os.replace(tmp_path, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        say_once(f"warning: cell cache {path.parent} cannot be written ({error.strerror or error}); "
+                 f"going on without it (pass --cache-dir to move it, or --cache-dir none)", file=sys.stderr)
+
+
+def prepare_cells(records: Sequence[CellRecord], size: int, mask_provider: Optional[MaskProvider] = ground_truth_masks,
+                  desc: str = "loading cells", cache_dir: Optional[Path] = None) -> PreparedCells:
+    """Decode and letterbox every cell, or read the arrays from cache_dir when these very files were prepared before.
+
+    Args:
+        records: the cells, in the order of the arrays.
+        size: side S of the letterboxed square.
+        mask_provider: where the masks come from (None: images only). Cached only when it has a `cache_key`.
+        desc: progress bar label, shown only when cells are decoded.
+        cache_dir: folder of the .npz cache files (None: no cache). A file is keyed by size, mask source and
+            every record's id, label and file stamps, so any change to the data builds a new one.
+
+    Returns:
+        PreparedCells: images uint8 [N, S, S, 3], masks uint8 [N, 2, S, S] (or None), the records.
+    """
+    key = cache_key(records, size, mask_provider) if cache_dir is not None else None
+    if key is None:
+        return decode_cells(records, size, mask_provider, desc)
+    path = Path(cache_dir) / f"cells-{size}px-{key}.npz"
+    cached = load_cached_cells(path, key, records, size, with_masks=mask_provider is not None)
+    if cached is not None:
+        return cached
+    cells = decode_cells(records, size, mask_provider, desc)
+    save_cached_cells(path, key, cells)
+    return cells
 
 
 class AugmentedCells(Dataset):

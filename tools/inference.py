@@ -112,6 +112,14 @@ class PredictedMaskFiles:
     def __init__(self, masks_dir: Path):
         self.masks_dir = Path(masks_dir)
 
+    @property
+    def cache_key(self) -> str:
+        """Where the masks come from, for the cell cache; the files' own stamps come from mask_files."""
+        return f"predicted:{self.masks_dir.resolve()}"
+
+    def mask_files(self, record: CellRecord) -> Tuple[Path, Path]:
+        return mask_paths(self.masks_dir, record)
+
     def missing(self, records: Sequence[CellRecord]) -> List[CellRecord]:
         return [r for r in records if not all(p.exists() for p in mask_paths(self.masks_dir, r))]
 

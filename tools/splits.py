@@ -63,7 +63,7 @@ def write_manifest(path: Path, records: Sequence[CellRecord], data_root: Path, l
         "samples": [{"id": r.sample_id, "label": r.label, "group": r.group, "split": assignment[r.group]} for r in records],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_suffix(".tmp")
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: torchrun's ranks all write it
     tmp_path.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp_path, path)
 
