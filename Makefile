@@ -5,10 +5,12 @@ PY := $(VENV)/bin/python
 DEMO_DATA := data/demo
 DEMO_RUN := runs/demo
 HERLEV ?= ../shared/data/herlev
+# prepare_cells' cache of decoded cells (--cache-dir; README: Data layouts), expanded by the shell
+CELL_CACHE := $${CERVICAL_CYTOLOGY_CACHE:-$$HOME/.cache/cervical-cytology/cells}
 # timm must never wait on the network for pretrained weights (it retries ~47 s offline)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test herlev benchmark clean
+.PHONY: setup demo test herlev benchmark throughput clean
 
 setup: $(VENV)/.installed
 
@@ -37,5 +39,10 @@ herlev: setup
 benchmark: setup
 	$(PY) benchmarks/herlev.py --data-root $(HERLEV) --output-dir runs/benchmark_herlev
 
+# Images/s of training (speed flags vs plain fp32), inference and the data loader, both models, --preset cpu
+throughput: setup
+	$(PY) benchmarks/throughput.py --preset cpu
+
 clean:
 	rm -rf $(DEMO_RUN) runs/herlev
+	rm -f "$(CELL_CACHE)"/cells-*.npz "$(CELL_CACHE)"/.cells-*.tmp
