@@ -33,7 +33,7 @@ def test_both_stages_measured_and_tabled(demo_root, tmp_path, capsys):
 def test_unset_flags_come_from_each_stage_and_preset():
     args_of = throughput.get_args(["--preset", "cpu"])
     seg, cls = args_of["segmentation"], args_of["classification"]
-    assert (seg.backbone, seg.img_size, seg.batch_size, seg.decoder_channels) == ("convnext_atto", 128, 16, [128, 64, 32])
+    assert (seg.backbone, seg.img_size, seg.batch_size, seg.decoder_channels) == ("efficientnet_lite0", 128, 16, [128, 64, 32])
     assert (cls.backbone, cls.img_size, cls.batch_size) == ("efficientnet_lite0", 128, 32)
     assert seg.data_root is None  # a demo set is generated
     only = throughput.get_args(["--stage", "classification", "--batch-size", "4"])
