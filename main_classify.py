@@ -32,7 +32,8 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=True,
                        help="weight the loss by inverse class frequency")
     group.add_argument("--balanced-sampling", action=argparse.BooleanOptionalAction, default=None,
-                       help=f"draw training cells so that every class is seen equally often (with replacement) "
+                       help=f"draw training cells so that every class is seen equally often (with replacement; "
+                            f"usually with --no-class-weights, as both together over-correct) "
                             f"{stage_default('classification', 'balanced_sampling')}")
     group.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
     return resolve_args(parser, "classification", argv)

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import train_segment
-from tools.config import HelpFormatter, check_output_dir, resolve_args, stage_default, training_parser
 from tools import distributed
+from tools.config import HelpFormatter, check_output_dir, resolve_args, stage_default, training_parser
 from tools.errors import exit_on_user_error
 from tools.inference import export_masks, load_model
 from tools.splits import group_folds, open_split

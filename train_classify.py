@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from model.classification_model import ConvNeXtAttentionClassifier
+from tools import distributed
 from tools.config import build_with_pretrained_fallback
 from tools.data_loader import CellRecord, MaskProvider, ground_truth_masks
 from tools.datasets import ClassificationDataset, prepare_cells
-from tools import distributed
 from tools.engine import (RunState, Task, adamw, fit, make_loader, resolve_acceleration, resolve_device, seed_everything,
                           warmup_cosine)
 from tools.errors import UserError
