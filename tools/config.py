@@ -183,7 +183,7 @@ def build_with_pretrained_fallback(factory: Callable, config: Dict, weights: Opt
 def check_output_dir(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write_test"
+        probe = output_dir / f".write_test.{os.getpid()}"  # per process: torchrun's ranks probe the same folder at once
         probe.write_text("")
         probe.unlink()
     except OSError as error:
