@@ -56,8 +56,8 @@ from tools.config import HelpFormatter, resolve_args, training_parser  # noqa: E
 from tools.data_loader import CellRecord, ground_truth_masks, read_records  # noqa: E402
 from tools.datasets import ClassificationDataset, SegmentationDataset, prepare_cells  # noqa: E402
 from tools.demo_data import make_demo_dataset  # noqa: E402
-from tools.engine import (Acceleration, adamw, make_loader, resolve_acceleration, resolve_device,  # noqa: E402
-                          seed_everything, to_device, wrap_for_training)
+from tools.engine import (Acceleration, adamw, autocast, backward_and_step, forward_loss, make_loader,  # noqa: E402
+                          resolve_acceleration, resolve_device, seed_everything, to_device, wrap_for_training)
 from tools.errors import UserError, exit_on_user_error  # noqa: E402
 
 STAGES = ("segmentation", "classification")
@@ -130,26 +130,15 @@ class TrainingRun:
         self.inputs, self.targets = to_device(batch, device, accel.channels_last)
         self.loss_fn, self.accel, self.device = stage_loss(stage), accel, device
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.accel.amp_dtype, enabled=self.accel.amp_dtype is not None)
-
     def train_step(self) -> float:
-        """Seconds of one step of tools/engine.train_one_epoch, minus the loader and the schedule."""
+        """Seconds of one step of tools/engine.train_one_epoch, minus the loader, the nan check and the schedule."""
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = self.accel.cudnn_benchmark  # a global: the interleaved runs differ
         self.training_model.train()
         synchronize(self.device)
         started = time.perf_counter()
-        with self.autocast():
-            loss = self.loss_fn(self.training_model(self.inputs), self.targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        loss = forward_loss(self.training_model, self.inputs, self.targets, self.loss_fn, self.accel)
+        backward_and_step(loss, self.optimizer, self.scaler)
         synchronize(self.device)
         return time.perf_counter() - started
 
@@ -159,7 +148,7 @@ class TrainingRun:
         self.model.eval()
         synchronize(self.device)
         started = time.perf_counter()
-        with self.autocast():
+        with autocast(self.device, self.accel.amp_dtype):
             self.model(self.inputs)
         synchronize(self.device)
         return time.perf_counter() - started

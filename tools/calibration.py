@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tools.datasets import ClassificationDataset, prepare_cells
-from tools.engine import autocast_dtype, make_loader, resolve_device, save_checkpoint
+from tools.engine import autocast, autocast_dtype, make_loader, resolve_device, save_checkpoint
 from tools.inference import FLIP_DIMS, load_model
 from tools.splits import open_split
 
@@ -74,7 +74,7 @@ def flip_view_logits(model, loader, device: torch.device) -> Tuple[np.ndarray, n
     views, labels = [], []
     for inputs, batch_labels in loader:
         inputs = inputs.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             views.append(torch.stack([model(inputs.flip(dims) if dims else inputs).float() for dims in FLIP_DIMS]).cpu())
         labels.append(batch_labels)
     return torch.cat(views, dim=1).numpy(), torch.cat(labels).numpy()

@@ -211,15 +211,35 @@ def to_device(batch, device: torch.device, channels_last: bool = False):
     return inputs, targets.to(device, non_blocking=True)
 
 
-def check_finite(loss: torch.Tensor, task: Task, epoch: int, step: int) -> None:
+def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    """torch.autocast in amp_dtype, or a no-op context when amp_dtype is None (fp32)."""
+    return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+
+def check_finite(loss_value: float, task: Task, epoch: int, step: int) -> None:
     """Stop on a nan/inf loss, on every rank at once (a rank that stopped alone would hang the others)."""
-    finite = torch.isfinite(loss.detach()).float()
-    if distributed.is_distributed():
-        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-    if not finite.item():
+    (finite_ranks,) = distributed.sum_across_ranks(float(math.isfinite(loss_value)))
+    if finite_ranks < distributed.world_size():
         raise TrainingDiverged(
-            f"{task.name}: loss became {loss.item()} at epoch {epoch}, step {step}; the last good checkpoint "
+            f"{task.name}: loss became {loss_value} at epoch {epoch}, step {step}; the last good checkpoint "
             f"is kept; lower --lr or check the inputs")
+
+
+def forward_loss(model, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: Callable, accel: Acceleration) -> torch.Tensor:
+    with autocast(inputs.device, accel.amp_dtype):
+        return loss_fn(model(inputs), targets)
+
+
+def backward_and_step(loss: torch.Tensor, optimizer, scaler: Optional[torch.amp.GradScaler]) -> None:
+    """Gradients of `loss` and one optimiser step, through the fp16 loss scaler when there is one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
 
 
 # ---------------------------------------------------------------- one epoch
@@ -228,26 +248,18 @@ def train_one_epoch(model, loader, task: Task, optimizer, scheduler, device, epo
                     scaler: Optional[torch.amp.GradScaler] = None, ema: Optional[ModelEma] = None) -> Dict[str, float]:
     """One pass over the training data. `model` may be wrapped (DDP, compiled); `ema` averages the bare model."""
     model.train()
-    amp_dtype = accel.amp_dtype
     total_loss, seen = 0.0, 0
     progress = tqdm(loader, desc=f"{task.name} epoch {epoch}", unit="batch", leave=False)
     for step, batch in enumerate(progress):
         inputs, targets = to_device(batch, device, accel.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = task.loss(model(inputs), targets)
-        check_finite(loss, task, epoch, step)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        loss = forward_loss(model, inputs, targets, task.loss, accel)
+        loss_value = loss.item()  # the step's one wait for the device
+        check_finite(loss_value, task, epoch, step)
+        backward_and_step(loss, optimizer, scaler)
         scheduler.step()
         if ema is not None:
             ema.update(unwrap(model), scheduler.last_epoch)
-        total_loss += loss.item() * len(inputs)
+        total_loss += loss_value * len(inputs)
         seen += len(inputs)
         progress.set_postfix(loss=f"{total_loss / seen:.4f}")
     total_loss, seen = distributed.sum_across_ranks(total_loss, seen)
@@ -258,13 +270,12 @@ def train_one_epoch(model, loader, task: Task, optimizer, scheduler, device, epo
 def evaluate(model, loader, task: Task, device, accel: Optional[Acceleration] = None) -> Dict[str, float]:
     """Loss and the task's metrics over `loader`; under torchrun each rank scores its shard and the meters are merged."""
     accel = accel or Acceleration()
-    amp_dtype = accel.amp_dtype
     model.eval()
     meter = task.new_meter()
     total_loss, seen = 0.0, 0
     for batch in tqdm(loader, desc=f"{task.name} validation", unit="batch", leave=False):
         inputs, targets = to_device(batch, device, accel.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, accel.amp_dtype):
             outputs = model(inputs)
             loss = task.loss(outputs, targets)
         total_loss += loss.item() * len(inputs)

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from model.classification_model import ConvNeXtAttentionClassifier
 from model.segmentation_model import HEADS, DualHeadAttConvNeXtUNet
 from tools.data_loader import CellRecord, load_image
-from tools.engine import autocast_dtype, load_checkpoint
+from tools.engine import autocast, autocast_dtype, load_checkpoint
 from tools.errors import UserError
 from utils.preprocessing import (LetterboxBox, fill_holes, largest_component, letterbox, normalize_image, read_mask,
                                  unletterbox)
@@ -43,7 +43,7 @@ def flip_averaged(predict, inputs: torch.Tensor, device: torch.device, spatial_o
     """Test-time augmentation: average predictions over flips (flipped back when the output is a map)."""
     amp_dtype = autocast_dtype(device)
     total = 0
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    with autocast(device, amp_dtype):
         for dims in FLIP_DIMS:
             output = predict(inputs.flip(dims) if dims else inputs).float()
             total = total + (output.flip(dims) if dims and spatial_output else output)
