@@ -27,13 +27,17 @@ def onnx_outputs(path, inputs):
     return session.run(None, {session.get_inputs()[0].name: inputs.numpy()})
 
 
+def pytorch_and_onnx_outputs(exported, stage, inputs):
+    """The checkpoint's PyTorch outputs and its exported ONNX model's outputs for the same inputs."""
+    model, _ = load_model(exported / "checkpoints" / f"{stage}_best.pth", stage, torch.device("cpu"))
+    with torch.no_grad():
+        expected = model(inputs)
+    return expected, onnx_outputs(exported / "outputs" / "onnx" / f"{stage}.onnx", inputs)
+
+
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_segmentation_matches_pytorch(exported, batch_size):
-    model, _ = load_model(exported / "checkpoints" / "segmentation_best.pth", "segmentation", torch.device("cpu"))
-    images = torch.randn(batch_size, 3, IMG_SIZE, IMG_SIZE)
-    with torch.no_grad():
-        expected = model(images)
-    cyt, nuc = onnx_outputs(exported / "outputs" / "onnx" / "segmentation.onnx", images)
+    expected, (cyt, nuc) = pytorch_and_onnx_outputs(exported, "segmentation", torch.randn(batch_size, 3, IMG_SIZE, IMG_SIZE))
     assert cyt.shape == nuc.shape == (batch_size, 1, IMG_SIZE, IMG_SIZE)
     np.testing.assert_allclose(cyt, expected["cyt"].numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(nuc, expected["nuc"].numpy(), atol=1e-4, rtol=0)
@@ -41,11 +45,7 @@ def test_segmentation_matches_pytorch(exported, batch_size):
 
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_classification_matches_pytorch(exported, batch_size):
-    model, _ = load_model(exported / "checkpoints" / "classification_best.pth", "classification", torch.device("cpu"))
-    cells = torch.randn(batch_size, 5, IMG_SIZE, IMG_SIZE)
-    with torch.no_grad():
-        expected = model(cells)
-    (logits,) = onnx_outputs(exported / "outputs" / "onnx" / "classification.onnx", cells)
+    expected, (logits,) = pytorch_and_onnx_outputs(exported, "classification", torch.randn(batch_size, 5, IMG_SIZE, IMG_SIZE))
     assert logits.shape == (batch_size, len(DEMO_CLASSES))
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=0)
 
