@@ -6,9 +6,7 @@ check_cells decodes every cell of a data root once more, up front, so that a bad
 --skip-bad is left out of) a run before training, not at the mask export or evaluation after it.
 prepare_cells keeps what it built in --cache-dir, so later runs on unchanged files read arrays instead.
 """
-import contextlib
 import hashlib
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from tqdm import tqdm
 from tools.config import say_once
 from tools.data_loader import CellRecord, CellSample, MaskProvider, ground_truth_masks, load_sample, with_skip_hint
 from tools.errors import UserError
+from tools.files import written_atomically
 from utils.preprocessing import build_augmentation, letterbox, normalize_image, seed_augmentation
 
 
@@ -156,15 +155,12 @@ def save_cached_cells(path: Path, key: str, cells: PreparedCells) -> None:
     arrays = {"key": np.array(key), "images": cells.images}
     if cells.masks is not None:
         arrays["masks"] = cells.masks
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: two runs may build the same file
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp_path, "wb") as file:  # a file object, because np.savez appends .npz to a name
+        # a file object, because np.savez appends .npz to a name
+        with written_atomically(path) as tmp_path, open(tmp_path, "wb") as file:
             np.savez(file, **arrays)
-        os.replace(tmp_path, path)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
         say_once(f"warning: cell cache {path.parent} cannot be written ({error.strerror or error}); "
                  f"going on without it (pass --cache-dir to move it, or --cache-dir none)", file=sys.stderr)
 

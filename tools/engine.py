@@ -6,7 +6,6 @@ everything else here is shared.
 import copy
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from tools import distributed
 from tools.errors import UserError
+from tools.files import written_atomically
 from utils.preprocessing import seed_augmentation
 
 
@@ -319,9 +319,8 @@ def wrap_for_training(model: torch.nn.Module, accel: Acceleration, device: torch
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     """Write to a temporary file, then rename: a kill during the save never leaves a broken checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp_path)
-    os.replace(tmp_path, path)
+    with written_atomically(path) as tmp_path:
+        torch.save(state, tmp_path)
 
 
 def load_checkpoint(path: Path, stage: str) -> Dict[str, Any]:

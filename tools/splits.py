@@ -5,7 +5,6 @@ seeded. Only evaluate.py reads the test split.
 """
 import hashlib
 import json
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 from tools.data_loader import CellRecord, read_records
 from tools.datasets import check_cells, report_skipped
 from tools.errors import UserError
+from tools.files import written_atomically
 
 SPLITS = ("train", "val", "test")
 
@@ -63,9 +63,8 @@ def write_manifest(path: Path, records: Sequence[CellRecord], data_root: Path, l
         "samples": [{"id": r.sample_id, "label": r.label, "group": r.group, "split": assignment[r.group]} for r in records],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: torchrun's ranks all write it
-    tmp_path.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp_path, path)
+    with written_atomically(path) as tmp_path:  # torchrun's ranks all write it
+        tmp_path.write_text(json.dumps(manifest, indent=1))
 
 
 def read_manifest(path: Path, records: Sequence[CellRecord]) -> Dict[str, str]:

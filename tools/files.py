@@ -1,0 +1,22 @@
+"""Writing files so that a crash or a concurrent writer never leaves a half-written file under the real name."""
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def written_atomically(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write; on leaving the block it replaces `path` in one rename.
+
+    The temporary name carries the process id, since torchrun's ranks (or two runs) may write the same
+    file at once. When the block raises, `path` is left as it was and the temporary file is removed.
+    """
+    path = Path(path)
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()  # left only when the block raised
