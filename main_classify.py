@@ -1,10 +1,10 @@
 """Stage 2 entry point: train the classifier on RGB + cytoplasm mask + nucleus mask.
 
-    python main_classify.py --data-root data/demo --preset cpu
+    python main_classify.py --data-root data/demo --run-dir runs/demo --preset cpu
 
 Masks come from stage 1 by default (outputs/masks/, predicted first where missing, using
 checkpoints/segmentation_best.pth); --mask-source gt trains on the ground-truth masks instead.
-Writes <output-dir>/checkpoints/classification_{best,last}.pth and logs/classification/; after training, a
+Writes <run-dir>/checkpoints/classification_{best,last}.pth and logs/classification/; after training, a
 temperature fitted on the val split (tools/calibration.py) is stored in both checkpoints.
 """
 import argparse
@@ -13,9 +13,12 @@ from pathlib import Path
 
 import train_classify
 from tools import distributed
+from tools.acceleration import resolve_device
 from tools.calibration import calibrate_checkpoints, describe_fit
-from tools.config import HelpFormatter, check_output_dir, resolve_args, stage_default, training_parser
-from tools.errors import exit_on_user_error
+from tools.config import (HelpFormatter, parse_stage_args, stage_default, training_parser, unit_fraction)
+from tools.data_loader import open_dataset, prepare_cells
+from tools.run_dir import RunLock, RunPaths, check_outside_data, check_writable
+from utils.errors import exit_on_user_error
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -26,31 +29,50 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--mask-source", default="predicted", choices=["predicted", "gt"],
                        help="masks given to the classifier: stage 1's predictions, or the ground truth")
     group.add_argument("--seg-checkpoint", type=Path, default=None,
-                       help="stage 1 checkpoint for missing masks (default: <output-dir>/checkpoints/segmentation_best.pth)")
+                       help="stage 1 checkpoint for missing masks (default: <run-dir>/checkpoints/segmentation_best.pth)")
     group.add_argument("--masks-dir", type=Path, default=None,
-                       help="predicted masks to train on (default: <output-dir>/outputs/masks, where main_segment.py writes them)")
+                       help="predicted masks to train on (default: <run-dir>/outputs/masks, where main_segment.py writes them)")
     group.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=True,
                        help="weight the loss by inverse class frequency")
-    group.add_argument("--balanced-sampling", action=argparse.BooleanOptionalAction, default=None,
+    group.add_argument("--balanced-sampling", action=argparse.BooleanOptionalAction,
                        help=f"draw training cells so that every class is seen equally often (with replacement; "
                             f"usually with --no-class-weights, as both together over-correct) "
                             f"{stage_default('classification', 'balanced_sampling')}")
-    group.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
-    return resolve_args(parser, "classification", argv)
+    group.add_argument("--label-smoothing", type=unit_fraction, default=0.1, help="cross-entropy label smoothing")
+    group.add_argument("--measurements", action=argparse.BooleanOptionalAction,
+                       help="give the classifier head the cell's measurements (tools/morphometry.py: size, shape, N/C ratio, "
+                            f"chromatin texture, ...) beside the image {stage_default('classification', 'measurements')}")
+    args = parse_stage_args(parser, "classification", argv)
+    if args.batch_size < 2:
+        parser.error("--batch-size 1: the classifier's BatchNorm layers need at least 2 cells per training batch")
+    return args
 
 
 @exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
-    check_output_dir(args.output_dir)
-    args.device = str(distributed.setup(args.device))  # under torchrun: this process's GPU
-    started = time.time()
-    best = train_classify.train(args)
-    print(f"classification trained in {time.time() - started:.0f}s; best val macro-F1 {best.get('macro_f1', float('nan')):.4f} "
-          f"accuracy {best.get('accuracy', float('nan')):.4f} (epoch {best.get('epoch')})")
-    if distributed.is_main_process():
-        print(describe_fit(calibrate_checkpoints(args, train_classify.mask_provider)))
-    distributed.teardown()
+    paths = RunPaths(args.run_dir)
+    check_outside_data(paths.root, args.data_root)
+    check_writable(paths.root)
+    with RunLock(paths.root):
+        device = distributed.setup(resolve_device(args.device))
+        args.device = str(device)  # under torchrun: this process's GPU
+        started = time.time()
+
+        # 1. Cells and split, 2. train (tools/engine.fit keeps the best checkpoint by val macro-F1)
+        split = open_dataset(args, paths)
+        best = train_classify.train(args, split, paths, args.resume)
+        print(f"classification trained in {time.time() - started:.0f}s; best val macro-F1 "
+              f"{best.get('macro_f1', float('nan')):.4f} accuracy {best.get('accuracy', float('nan')):.4f} "
+              f"(epoch {best.get('epoch')})")
+
+        # 3. Calibrate the probabilities on the val split, with the masks the classifier trained on
+        if distributed.is_main_process():
+            provider = train_classify.mask_provider(args, paths, split.by_split["val"], device)
+            val_cells = prepare_cells(split.by_split["val"], args.img_size, provider, "loading val cells", args.cache_dir,
+                                      args.measurements)
+            print(describe_fit(calibrate_checkpoints(paths, val_cells, device, args.batch_size)))
+        distributed.teardown()
 
 
 if __name__ == "__main__":

@@ -17,23 +17,20 @@ import json
 import os
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from tools.config import HelpFormatter, check_output_dir, checkpoint_parser, resolve_checkpoints
-from tools.data_loader import IMAGE_EXTENSIONS
-from tools.engine import resolve_device
-from tools.errors import UserError, exit_on_user_error
-from tools.gradcam import grad_cam
-from tools.inference import batched, classifier_inputs, load_model, masks_from_probs, predict_class_probs, predict_mask_probs
+from tools.config import HelpFormatter, checkpoint_parser, device_name, positive_int, resolve_checkpoints
+from tools.inference import CellPipeline, CellPrediction, batched, load_pipeline, torch_pipeline
+from tools.layouts import IMAGE_EXTENSIONS, is_hidden, paired_mask_files
+from tools.run_dir import RunLock, RunPaths, check_writable
+from utils.errors import UserError, exit_on_user_error
 from utils.preprocessing import read_image, unletterbox
-from utils.visualization import blend_heatmap, overlay_masks
+from utils.overlays import blend_heatmap, overlay_masks
 
 NC_RATIO_DEFINITION = "nucleus area / cytoplasm area, cytoplasm = whole cell minus nucleus (pixels)"
 
@@ -48,18 +45,37 @@ def get_args(argv=None) -> argparse.Namespace:
         parents=[checkpoint_parser()], formatter_class=HelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (searched recursively) or glob patterns, quoted ('cells/**/*.png'); "
-                             f"folders and globs yield {', '.join(e[1:] for e in IMAGE_EXTENSIONS)} files")
+                             f"folders and globs yield {', '.join(e[1:] for e in IMAGE_EXTENSIONS)} files, leaving out "
+                             f"hidden files and the masks of a paired layout (<n>N.png, <n>C.png beside <n>.bmp)")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="folder for the masks, overlays and tables (default: RUN_DIR/outputs/predictions)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass of each stage")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass of each stage")
+    parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--explain", action="store_true",
-                        help="also write <name>_gradcam.png: Grad-CAM of the predicted class on the classifier's last stage")
+                        help="also write <name>_gradcam.png: Grad-CAM of the predicted class on the classifier's last stage "
+                             "(runs the models in PyTorch)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"],
+                        help="onnx: ONNX Runtime on the CPU, exported once into RUN_DIR/outputs/onnx and reused; torch: "
+                             "PyTorch; auto: PyTorch on a CUDA machine (or --device cuda) and for --explain, else ONNX")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="ONNX Runtime threads (default: the cores this process may use)")
+    fields = parser.add_argument_group(
+        "fields of view (--fields): every INPUT is a whole field; per field <name>.geojson (QuPath cell objects), "
+        "<name>_cells.png and <name>_nuclei.png (uint16 instance labels), <name>_overlay.png; for the run cells.csv "
+        "and summary.json")
+    fields.add_argument("--fields", action="store_true",
+                        help="find, separate and classify every cell of whole fields (main_segment.py's field models)")
+    fields.add_argument("--field-checkpoint", type=Path, default=None,
+                        help="the field model (default: RUN_DIR/checkpoints/fields_best.pth)")
+    fields.add_argument("--instance-checkpoint", type=Path, default=None,
+                        help="the instance model (default: RUN_DIR/checkpoints/instances_best.pth)")
+    fields.add_argument("--block-size", type=positive_int, default=2048,
+                        help="fields are processed in blocks of this many px a side (memory follows it, not the field)")
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error(f"--batch-size {args.batch_size}: must be at least 1")
     resolve_checkpoints(args)
     args.output_dir = args.output_dir or args.run_dir / "outputs" / "predictions"
+    args.field_checkpoint = args.field_checkpoint or args.run_dir / "checkpoints" / "fields_best.pth"
+    args.instance_checkpoint = args.instance_checkpoint or args.run_dir / "checkpoints" / "instances_best.pth"
     return args
 
 
@@ -70,12 +86,14 @@ def is_image(path: Path) -> bool:
 
 
 def images_below(folder: Path, exclude: Path) -> List[Path]:
-    """Images in a folder tree, leaving out hidden files and folders and the output folder (earlier predictions)."""
+    """Images in a folder tree, leaving out hidden files and folders, the output folder and paired-layout masks."""
     excluded = Path(os.path.abspath(exclude))
     found = []
     for current, folders, files in os.walk(folder):
-        folders[:] = sorted(f for f in folders if not f.startswith(".") and Path(os.path.abspath(current), f) != excluded)
-        found += [Path(current, f) for f in sorted(files) if not f.startswith(".") and is_image(Path(f))]
+        folders[:] = sorted(f for f in folders if not is_hidden(Path(f)) and Path(os.path.abspath(current), f) != excluded)
+        images = [Path(current, f) for f in sorted(files) if not is_hidden(Path(f)) and is_image(Path(f))]
+        masks = paired_mask_files(images)
+        found += [image for image in images if image not in masks]
     return found
 
 
@@ -112,46 +130,20 @@ def output_names(images: Sequence[Path]) -> List[str]:
     return [p.relative_to(root).as_posix() if clashes[name] > 1 else name for p, name in zip(absolute, names)]
 
 
-# ---------------------------------------------------------------- both stages on a batch
-
-@dataclass
-class Stages:
-    seg_model: torch.nn.Module
-    seg_size: int  # the segmentation checkpoint's img_size
-    cls_model: torch.nn.Module
-    cls_size: int  # the classification checkpoint's img_size
-    class_names: List[str]
-    temperature: float  # fitted after training; 1.0 for checkpoints made before calibration
-
-
-def load_stages(args: argparse.Namespace, device: torch.device) -> Stages:
-    seg_model, seg_checkpoint = load_model(args.seg_checkpoint, "segmentation", device)
-    cls_model, cls_checkpoint = load_model(args.cls_checkpoint, "classification", device)
-    return Stages(seg_model, seg_checkpoint["args"]["img_size"], cls_model, cls_checkpoint["args"]["img_size"],
-                  list(cls_checkpoint["class_names"]), float(cls_checkpoint.get("temperature", 1.0)))
-
-
-@dataclass
-class CellPrediction:
-    cell_mask: np.ndarray  # bool [H, W], whole cell
-    nuc_mask: np.ndarray  # bool [H, W]
-    probs: np.ndarray  # [K], calibrated
-    heatmap: Optional[np.ndarray]  # float [H, W] in [0, 1], with --explain
-
-
-def predict_batch(stages: Stages, images: Sequence[np.ndarray], device: torch.device, explain: bool) -> List[CellPrediction]:
-    """Masks (stage 1), then class probabilities on RGB + those masks (stage 2), for RGB images of any sizes."""
-    masks = [masks_from_probs(*probs) for probs in predict_mask_probs(stages.seg_model, images, stages.seg_size, device)]
-    inputs, boxes = classifier_inputs(images, masks, stages.cls_size)  # [B, 5, S, S], as in training
-    probs = predict_class_probs(stages.cls_model, inputs, device, stages.temperature)
-    heatmaps = [None] * len(images)
-    if explain:
-        cams = grad_cam(stages.cls_model, inputs.to(device), probs.argmax(axis=1)).numpy()  # [B, S, S]
-        heatmaps = [unletterbox(cam, box, image.shape[:2]) for cam, box, image in zip(cams, boxes, images)]
-    return [CellPrediction(cell, nuc, p, heat) for (cell, nuc), p, heat in zip(masks, probs, heatmaps)]
-
-
 # ---------------------------------------------------------------- what is written
+
+def gradcam_heatmaps(pipeline: CellPipeline, images: Sequence[np.ndarray], cells: Sequence[CellPrediction]) -> List[np.ndarray]:
+    """Grad-CAM of each cell's predicted class (PyTorch classifier), at its image's size."""
+    import torch
+
+    from tools.gradcam import grad_cam
+
+    backend = pipeline.classifier
+    inputs, _ = pipeline.classifier_inputs(images, [(c.cell_mask, c.nuc_mask) for c in cells])
+    tensors = [torch.from_numpy(array).to(backend.device) for array in inputs]
+    cams = grad_cam(backend.model, tensors[0], [int(c.probs.argmax()) for c in cells], *tensors[1:]).numpy()
+    return [unletterbox(cam, cell.box, image.shape[:2]) for cam, cell, image in zip(cams, cells, images)]
+
 
 def morphometrics(cell_mask: np.ndarray, nuc_mask: np.ndarray) -> Dict[str, Optional[float]]:
     nucleus_area = int(np.count_nonzero(nuc_mask))
@@ -169,15 +161,16 @@ def write_png(path: Path, image: np.ndarray) -> str:
     return str(path)
 
 
-def write_cell_outputs(output_dir: Path, name: str, image: np.ndarray, cell: CellPrediction) -> Dict[str, str]:
+def write_cell_outputs(output_dir: Path, name: str, image: np.ndarray, cell: CellPrediction,
+                       heatmap: Optional[np.ndarray]) -> Dict[str, str]:
     stem = output_dir / name
     written = {
         "cyt_mask": write_png(stem.with_name(f"{stem.name}_cyt.png"), cell.cell_mask.astype(np.uint8) * 255),
         "nuc_mask": write_png(stem.with_name(f"{stem.name}_nuc.png"), cell.nuc_mask.astype(np.uint8) * 255),
         "overlay": write_png(stem.with_name(f"{stem.name}_overlay.png"), overlay_masks(image, cell.cell_mask, cell.nuc_mask)),
     }
-    if cell.heatmap is not None:
-        written["gradcam"] = write_png(stem.with_name(f"{stem.name}_gradcam.png"), blend_heatmap(image, cell.heatmap))
+    if heatmap is not None:
+        written["gradcam"] = write_png(stem.with_name(f"{stem.name}_gradcam.png"), blend_heatmap(image, heatmap))
     return written
 
 
@@ -187,9 +180,9 @@ def prediction_row(path: Path, name: str, cell: CellPrediction, class_names: Seq
             **morphometrics(cell.cell_mask, cell.nuc_mask), "outputs": outputs}
 
 
-def write_tables(output_dir: Path, rows: List[Dict], failed: List[Dict], stages: Stages, args: argparse.Namespace) -> None:
+def write_tables(output_dir: Path, rows: List[Dict], failed: List[Dict], pipeline: CellPipeline, args: argparse.Namespace) -> None:
     """predictions.csv (one row per predicted image) and predictions.json (the same, plus the run's settings and failures)."""
-    columns = ["file", "name", "predicted_class", *(f"prob_{c}" for c in stages.class_names),
+    columns = ["file", "name", "predicted_class", *(f"prob_{c}" for c in pipeline.class_names),
                "nucleus_area_px", "cytoplasm_area_px", "nc_ratio"]
     with open(output_dir / "predictions.csv", "w", newline="") as table:
         writer = csv.DictWriter(table, columns)
@@ -199,7 +192,7 @@ def write_tables(output_dir: Path, rows: List[Dict], failed: List[Dict], stages:
                              **{f"prob_{c}": f"{p:.6f}" for c, p in row["probabilities"].items()},
                              "nc_ratio": "" if row["nc_ratio"] is None else f"{row['nc_ratio']:.6f}"})
     summary = {"seg_checkpoint": str(args.seg_checkpoint), "cls_checkpoint": str(args.cls_checkpoint),
-               "class_names": stages.class_names, "temperature": stages.temperature,
+               "class_names": pipeline.class_names, "temperature": pipeline.temperature,
                "nc_ratio": NC_RATIO_DEFINITION, "predictions": rows, "failed": failed}
     (output_dir / "predictions.json").write_text(json.dumps(summary, indent=1))
 
@@ -219,29 +212,82 @@ def read_readable(paths: Sequence[Path], failed: List[Dict]):
     return indices, images
 
 
+def predict_fields(args: argparse.Namespace, paths: Sequence[Path], names: Sequence[str], device) -> int:
+    """--fields: every cell of every field, written per field and summarised for the run."""
+    from tools.field_outputs import table_rows, write_field, write_summary
+    from tools.fields import classify_cells, load_field_models, open_field, segment_field
+
+    models = load_field_models(args.field_checkpoint, args.instance_checkpoint, device, args.batch_size)
+    pipeline = None
+    if Path(args.cls_checkpoint).is_file():
+        pipeline, _, _ = torch_pipeline(None, args.cls_checkpoint, device)
+    else:
+        print(f"note: no classifier at {args.cls_checkpoint}: the cells are segmented, not classified")
+    class_names = pipeline.class_names if pipeline else None
+    rows_by_field, failed = {}, []
+    for path, name in tqdm(list(zip(paths, names)), desc="fields", unit="field"):
+        try:
+            read, shape, image = open_field(path)
+        except UserError as error:
+            failed.append({"file": str(path), "error": str(error)})
+            tqdm.write(f"skipped {error}", file=sys.stderr)
+            continue
+        cells = segment_field(read, shape, models, args.block_size)
+        if pipeline is not None:
+            classify_cells(read, shape, cells, pipeline, args.batch_size)
+        write_field(args.output_dir, name, image, shape, cells, class_names)
+        rows_by_field[name] = table_rows(name, cells, class_names)
+    write_cells_csv(args.output_dir / "cells.csv", [row for rows in rows_by_field.values() for row in rows])
+    write_summary(args.output_dir, rows_by_field, class_names, {
+        "field_checkpoint": str(args.field_checkpoint), "instance_checkpoint": str(args.instance_checkpoint),
+        "cls_checkpoint": str(args.cls_checkpoint) if pipeline else None, "failed": failed})
+    print(f"found {sum(len(rows) for rows in rows_by_field.values())} cells in {len(rows_by_field)} of {len(paths)} fields; "
+          f"wrote {args.output_dir / 'cells.csv'} and summary.json")
+    return 1 if failed else 0
+
+
+def write_cells_csv(path: Path, rows: Sequence[Dict]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as table:
+        writer = csv.DictWriter(table, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 @exit_on_user_error
 def main(argv=None) -> int:
     """Returns the exit code: 0 when every image was predicted, 1 when some could not be read."""
     args = get_args(argv)
     paths = find_images(args.inputs, exclude=args.output_dir)
     names = output_names(paths)
-    device = resolve_device(args.device)
-    stages = load_stages(args, device)
-    check_output_dir(args.output_dir)
+    if args.fields:
+        from tools.acceleration import resolve_device
+        from tools.field_layouts import is_isbi_annotation
+
+        kept = [(path, name) for path, name in zip(paths, names) if not is_isbi_annotation(path)]  # masks beside fields
+        paths, names = [path for path, _ in kept], [name for _, name in kept]
+        check_writable(args.output_dir)
+        with RunLock(args.output_dir):
+            return predict_fields(args, paths, names, resolve_device(args.device))
+    backend = "torch" if args.explain else args.backend
+    pipeline = load_pipeline(args.seg_checkpoint, args.cls_checkpoint, RunPaths(args.run_dir).onnx, backend, args.device,
+                             args.threads)
+    check_writable(args.output_dir)
 
     rows, failed = [], []
-    with tqdm(total=len(paths), desc="predicting", unit="cell") as progress:
+    with RunLock(args.output_dir), tqdm(total=len(paths), desc="predicting", unit="cell") as progress:
         for chunk in batched(list(zip(paths, names)), args.batch_size):
             indices, images = read_readable([path for path, _ in chunk], failed)
-            predictions = predict_batch(stages, images, device, args.explain) if images else []
-            for index, image, cell in zip(indices, images, predictions):
+            cells = pipeline.predict(images) if images else []
+            heatmaps = gradcam_heatmaps(pipeline, images, cells) if args.explain and images else [None] * len(cells)
+            for index, image, cell, heatmap in zip(indices, images, cells, heatmaps):
                 path, name = chunk[index]
-                outputs = write_cell_outputs(args.output_dir, name, image, cell)
-                rows.append(prediction_row(path, name, cell, stages.class_names, outputs))
+                outputs = write_cell_outputs(args.output_dir, name, image, cell, heatmap)
+                rows.append(prediction_row(path, name, cell, pipeline.class_names, outputs))
             progress.update(len(chunk))
-    write_tables(args.output_dir, rows, failed, stages, args)
+        write_tables(args.output_dir, rows, failed, pipeline, args)
 
-    print(f"predicted {len(rows)} of {len(paths)} images (class probabilities at temperature {stages.temperature:.3f}); "
+    print(f"predicted {len(rows)} of {len(paths)} images (class probabilities at temperature {pipeline.temperature:.3f}); "
           f"wrote {args.output_dir / 'predictions.csv'} and predictions.json")
     if failed:
         print(f"{len(failed)} image(s) could not be read, listed above and in predictions.json", file=sys.stderr)

@@ -1,10 +1,11 @@
 """Stage 2: train the 5-channel cell classifier (run it through main_classify.py).
 
-This module holds what is particular to classification (mask source, loss, metrics, model
-config); the epoch loop, validation and checkpoints are the shared engine's.
+This module holds what is particular to classification (mask source, loss, metrics, model config);
+the epoch loop, validation and checkpoints are the shared engine's (tools/engine.py).
 """
 import argparse
 from collections import Counter
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -13,15 +14,21 @@ import torch.nn.functional as F
 
 from model.classification_model import ConvNeXtAttentionClassifier
 from tools import distributed
-from tools.config import build_with_pretrained_fallback
-from tools.data_loader import CellRecord, MaskProvider, ground_truth_masks
-from tools.datasets import ClassificationDataset, prepare_cells
-from tools.engine import (RunState, Task, adamw, fit, make_loader, resolve_acceleration, resolve_device, seed_everything,
-                          warmup_cosine)
-from tools.errors import UserError
-from tools.inference import PredictedMaskFiles, export_masks, load_model
+from tools.acceleration import resolve_acceleration, resolve_device
+from tools.checkpoint import RunState
+from tools.config import provenance
+from tools.data_loader import ClassificationDataset, DatasetSplit, make_loader, prepare_cells
+from tools.engine import Task, fit, seed_everything
+from tools.inference import torch_pipeline
+from tools.layouts import CellRecord
+from tools.masks import MaskProvider, PredictedMaskFiles, export_masks, ground_truth_masks
 from tools.metrics import classification_metrics
-from tools.splits import open_split
+from tools.morphometry import FEATURE_NAMES
+from tools.optim import adamw, warmup_cosine
+from tools.pretrained import build_with_pretrained
+from tools.run_dir import RunPaths
+from tools.splits import manifest_sha1
+from utils.errors import UserError
 
 
 class ClassificationBatchMeter:
@@ -60,23 +67,22 @@ def classification_task(class_names: Sequence[str], class_weights: Optional[torc
     return Task("classification", loss, lambda: ClassificationBatchMeter(class_names), monitor="macro_f1")
 
 
-def mask_provider(args: argparse.Namespace, records: Sequence[CellRecord], device: torch.device) -> MaskProvider:
+def mask_provider(args: argparse.Namespace, paths: RunPaths, records: Sequence[CellRecord], device) -> MaskProvider:
     """Ground-truth masks, or the masks stage 1 predicts (exporting any that are missing first)."""
     if args.mask_source == "gt":
         if not records[0].has_masks:
             raise UserError(f"{args.data_root}: --mask-source gt needs a layout with masks; use --mask-source predicted")
         return ground_truth_masks
-    masks_dir = args.masks_dir or args.output_dir / "outputs" / "masks"
-    provider = PredictedMaskFiles(masks_dir)
-    missing = provider.missing(records)
+    masks_dir = args.masks_dir or paths.masks
+    missing = PredictedMaskFiles(masks_dir).missing(records)
     if missing:
-        seg_checkpoint = args.seg_checkpoint or args.output_dir / "checkpoints" / "segmentation_best.pth"
+        seg_checkpoint = args.seg_checkpoint or paths.checkpoint("segmentation")
         print(f"{len(missing)} cells have no predicted masks in {masks_dir}; predicting them with {seg_checkpoint}")
         if distributed.is_main_process():
-            seg_model, checkpoint = load_model(seg_checkpoint, "segmentation", device)
-            export_masks(seg_model, missing, masks_dir, checkpoint["args"]["img_size"], device)
+            pipeline, _, _ = torch_pipeline(seg_checkpoint, None, device)
+            export_masks(pipeline, missing, masks_dir)
         distributed.barrier()
-    return provider
+    return PredictedMaskFiles(masks_dir)
 
 
 def balanced_sample_weights(records: Sequence[CellRecord]) -> np.ndarray:
@@ -86,22 +92,34 @@ def balanced_sample_weights(records: Sequence[CellRecord]) -> np.ndarray:
 
 
 def model_config(args: argparse.Namespace, class_names: Sequence[str]) -> Dict:
-    return dict(num_classes=len(class_names), in_chans=5, backbone=args.backbone)
+    return dict(num_classes=len(class_names), in_chans=5, backbone=args.backbone,
+                num_measurements=len(FEATURE_NAMES) if args.measurements else 0)
 
 
-def train(args: argparse.Namespace) -> Dict:
-    """Train stage 2 on the train split, validating on val. Returns the best validation metrics."""
+def check_trainable(split: DatasetSplit, data_root) -> None:
+    """A classifier needs two classes and two training cells (BatchNorm cannot normalise one)."""
+    if len(split.class_names) < 2:
+        raise UserError(f"{data_root}: only one class ({split.class_names[0]}) found; a classifier needs at least two "
+                        f"class folders")
+    if len(split.by_split["train"]) < 2:
+        raise UserError(f"{split.manifest_path}: the train split holds {len(split.by_split['train'])} cell; add data")
+
+
+def train(args: argparse.Namespace, split: DatasetSplit, paths: RunPaths, resume: Optional[Path] = None) -> Dict:
+    """Train stage 2 on the split's train cells, validating on its val cells. Returns the best validation metrics."""
     seed_everything(args.seed, args.deterministic)
     device = resolve_device(args.device)
+    check_trainable(split, args.data_root)
 
-    # 1. Cells, split, class names and where the masks come from
-    split = open_split(args)
-    class_names = sorted({r.label for r in split.records})
-    provider = mask_provider(args, split.by_split["train"] + split.by_split["val"], device)
+    # 1. Class names and where the masks come from
+    class_names = split.class_names
+    provider = mask_provider(args, paths, split.by_split["train"] + split.by_split["val"], device)
 
     # 2. Decode and letterbox once (RGB + masks), then wrap in augmenting datasets
-    train_cells = prepare_cells(split.by_split["train"], args.img_size, provider, "loading train cells", args.cache_dir)
-    val_cells = prepare_cells(split.by_split["val"], args.img_size, provider, "loading val cells", args.cache_dir)
+    train_cells = prepare_cells(split.by_split["train"], args.img_size, provider, "loading train cells", args.cache_dir,
+                                args.measurements)
+    val_cells = prepare_cells(split.by_split["val"], args.img_size, provider, "loading val cells", args.cache_dir,
+                              args.measurements)
     sample_weights = balanced_sample_weights(split.by_split["train"]) if args.balanced_sampling else None
     train_loader = make_loader(ClassificationDataset(train_cells, class_names, train=True), args.batch_size, True,
                                args.workers, device, args.seed, drop_last=len(train_cells.images) > args.batch_size,
@@ -111,7 +129,9 @@ def train(args: argparse.Namespace) -> Dict:
 
     # 3. Model, loss, optimiser, schedule
     config = model_config(args, class_names)
-    model, origin = build_with_pretrained_fallback(ConvNeXtAttentionClassifier, config, args.weights, args.pretrained, args.allow_download)
+    model, origin = build_with_pretrained(ConvNeXtAttentionClassifier, config, args.weights, args.pretrained)
+    if model.measurements is not None:  # standardised with the training cells' statistics, kept in the checkpoint
+        model.measurements.fit_statistics(torch.from_numpy(train_cells.measurements))
     model.to(device)
     weights = inverse_frequency_weights(split.by_split["train"], class_names) if args.class_weights else None
     task = classification_task(class_names, weights, args.label_smoothing)
@@ -122,7 +142,7 @@ def train(args: argparse.Namespace) -> Dict:
           f"{len(val_cells.images)} val cells, {args.mask_source} masks, {args.img_size}px, {args.epochs} epochs on {device}")
 
     # 4. Train
-    run = RunState("classification", vars(args), config, class_names)
+    settings = provenance(args, manifest_sha1(split.manifest_path), {"mask_source": args.mask_source})
+    run = RunState("classification", vars(args), config, class_names, settings)
     return fit(model, task, train_loader, val_loader, optimizer, scheduler, device, args.epochs, run,
-               args.output_dir / "checkpoints", args.output_dir / "logs" / "classification", args.resume, accel,
-               args.ema_decay)
+               paths.checkpoints, paths.logs("classification"), resume, accel, args.ema_decay)

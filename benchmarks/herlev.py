@@ -1,13 +1,19 @@
-"""Herlev benchmark: both stages with --preset cpu, evaluated on the test split.
+"""Herlev benchmark: the user's commands (main_segment.py, main_classify.py, evaluate.py) with --preset cpu.
 
     python benchmarks/herlev.py --data-root ../shared/data/herlev --output-dir runs/benchmark_herlev
+    python benchmarks/herlev.py --cv 5 --output-dir runs/cv_herlev
+    python benchmarks/herlev.py --cv 5 --masks-from runs/benchmark_herlev --output-dir runs/cv_recipe -- --no-measurements
 
-Runs the same commands a user runs (main_segment.py, main_classify.py, evaluate.py) and writes
-<output-dir>/results.json and results.md: Dice per head, 6-class accuracy and macro-F1 with
-predicted and with ground-truth masks, normal vs abnormal accuracy, mean +- SD over classifier
-seeds, a bootstrap 95 % interval of the test accuracy, and the wall time of every step.
-The first seed's run lives in <output-dir> itself, so `evaluate.py --output-dir <output-dir>`
-scores exactly the checkpoints this benchmark trained.
+Fixed split (default): one segmenter, classifiers over --seeds on its predicted masks and one on the
+ground-truth masks, scored on the test split; the first seed's run lives in <output-dir> itself.
+--cv K: stratified K-fold cross-validation over the whole data root: fold k's manifest makes fold k the
+test split (tools/splits.cross_validation_manifests), and each fold runs the three commands in
+<output-dir>/fold<k>, so every fold's test cells are never seen by its segmenter or its classifier.
+--masks-from RUN: skip segmentation and give every fold's classifier RUN's exported masks; they are honest
+for every cell when RUN was made with out-of-fold masks (the preset's), since each cell's mask then comes
+from a segmenter that never trained on it. This measures classifier recipes at a fifth of the cost.
+Flags after `--` go to main_classify.py. Writes <output-dir>/results.json and results.md (mean +- SD,
+per fold or seed, the wall time of every step, the command and the commit).
 """
 import argparse
 import json
@@ -16,126 +22,138 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Dict, List
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as `python benchmarks/herlev.py`: the repo's packages are one folder up
+
+from tools.layouts import read_records  # noqa: E402
+from tools.splits import cross_validation_manifests  # noqa: E402
+
+METRICS = {  # name in results -> (section of metrics.json, key)
+    "accuracy": ("classification", "accuracy"), "macro_f1": ("classification", "macro_f1"),
+    "quadratic_weighted_kappa": ("classification", "quadratic_weighted_kappa"),
+    "within_one_grade_accuracy": ("classification", "within_one_grade_accuracy"),
+    "normal_vs_abnormal_accuracy": ("normal_vs_abnormal", "accuracy"),
+    "dice_cyt": ("segmentation", "dice_cyt"), "dice_nuc": ("segmentation", "dice_nuc"),
+}
 
 
 def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data/herlev"), help="Herlev development set")
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/benchmark_herlev"), help="run folder")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="classifier seeds (segmentation uses the first)")
-    parser.add_argument("--preset", default="cpu", help="preset passed to both stages")
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="flags passed to both training scripts")
-    return parser.parse_args(argv)
+    parser.add_argument("--output-dir", type=Path, default=Path("runs/benchmark_herlev"), help="benchmark folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="classifier seeds on the fixed split (segmentation uses the first); --cv uses the first")
+    parser.add_argument("--cv", type=int, default=0, metavar="K", help="K-fold cross-validation instead of the fixed split")
+    parser.add_argument("--masks-from", type=Path, default=None,
+                        help="with --cv: a run folder whose outputs/masks serve every fold (no segmentation)")
+    parser.add_argument("--preset", default="cpu", help="preset passed to every training script")
+    parser.add_argument("classify_flags", nargs=argparse.REMAINDER, help="after --: flags for main_classify.py")
+    args = parser.parse_args(argv)
+    args.classify_flags = [flag for flag in args.classify_flags if flag != "--"]
+    if args.masks_from is not None and not args.cv:
+        parser.error("--masks-from goes with --cv")
+    return args
 
 
-def run(command, log_path: Path) -> float:
+def run(script: str, flags: List, log_path: Path) -> float:
     """Run one script, its output appended to log_path; return its wall time in seconds."""
-    print("$", " ".join(map(str, command)), flush=True)
+    command = [sys.executable, script, *map(str, flags)]
+    print("$", " ".join(command[1:]), flush=True)
     started = time.time()
     with open(log_path, "a") as log:
-        subprocess.run([sys.executable, *map(str, command)], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
     return time.time() - started
+
+
+def read_metrics(run_dir: Path) -> Dict[str, float]:
+    metrics = json.loads((run_dir / "outputs" / "eval" / "metrics.json").read_text())
+    return {name: (metrics.get(section) or {}).get(key) for name, (section, key) in METRICS.items()}
+
+
+def summary(rows: List[Dict[str, float]]) -> Dict[str, Dict]:
+    """{metric: {mean, sd, values}} over runs, for the metrics every run has."""
+    out = {}
+    for name in METRICS:
+        values = [row[name] for row in rows if row.get(name) is not None]
+        if len(values) == len(rows):
+            out[name] = {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                         "values": values}
+    return out
+
+
+def one_run(args, run_dir: Path, split_file: Path, seed: int, log: Path, times: Dict, tag: str,
+            masks_dir: Path = None, mask_source: str = "predicted", segment: bool = True) -> Dict[str, float]:
+    """main_segment.py (unless masks are given), main_classify.py and evaluate.py on one split; returns the metrics."""
+    common = ["--data-root", args.data_root.resolve(), "--split-file", split_file, "--preset", args.preset]
+    if segment:
+        times[f"segment_{tag}"] = run("main_segment.py", [*common, "--run-dir", run_dir, "--seed", seed], log)
+    masks = ["--masks-dir", masks_dir] if masks_dir is not None else []
+    times[f"classify_{tag}"] = run("main_classify.py", [*common, "--run-dir", run_dir, "--seed", seed, "--mask-source",
+                                                        mask_source, *masks, *args.classify_flags], log)
+    evaluate_masks = masks if not segment and mask_source == "predicted" else []  # the same honest masks as training
+    times[f"evaluate_{tag}"] = run("evaluate.py", ["--data-root", args.data_root.resolve(), "--split-file", split_file,
+                                                   "--run-dir", run_dir, "--mask-source", mask_source, *evaluate_masks], log)
+    return read_metrics(run_dir)
+
+
+def fixed_split(args, out: Path, log: Path, times: Dict) -> Dict:
+    """One segmenter, one classifier per seed (predicted masks), one on ground-truth masks."""
+    split_file = out / "splits" / "herlev.json"
+    rows = []
+    for seed in args.seeds:
+        first = seed == args.seeds[0]
+        run_dir = out if first else out / "seeds" / f"seed{seed}"
+        rows.append(one_run(args, run_dir, split_file, seed, log, times, f"seed{seed}", masks_dir=out / "outputs" / "masks",
+                            segment=first))
+    gt = one_run(args, out / "gt_masks", split_file, args.seeds[0], log, times, "gt", mask_source="gt", segment=False)
+    first = json.loads((out / "outputs" / "eval" / "metrics.json").read_text())["classification"]
+    return {"protocol": "fixed split", "test_cells": first["num_samples"], "runs": rows, "summary": summary(rows),
+            "gt_masks": gt, "accuracy_ci95_first_seed": first["accuracy_ci95"],
+            "confusion_matrix_first_seed": first["confusion_matrix"], "class_names": first["class_names"]}
+
+
+def cross_validation(args, out: Path, log: Path, times: Dict) -> Dict:
+    records, layout = read_records(args.data_root)
+    manifests = cross_validation_manifests(records, args.data_root.resolve(), layout, args.cv, args.seeds[0], out / "splits")
+    masks_dir = args.masks_from / "outputs" / "masks" if args.masks_from else None
+    rows = [one_run(args, out / f"fold{fold}", manifest, args.seeds[0], log, times, f"fold{fold}", masks_dir=masks_dir,
+                    segment=masks_dir is None) for fold, manifest in enumerate(manifests)]
+    protocol = f"{args.cv}-fold cross-validation" + (f", masks of {args.masks_from}" if masks_dir else "")
+    return {"protocol": protocol, "test_cells": len(records), "runs": rows, "summary": summary(rows)}
 
 
 def git_commit() -> str:
     result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return result.stdout.strip() or "unknown"
-
-
-def summary(values):
-    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
-
-
-def classify_and_evaluate(args, out: Path, seed: int, common, extra_flags, log_path: Path, mask_source: str):
-    """Train a classifier into `out` and evaluate it on the test split; returns (metrics, seconds per step)."""
-    seconds = {"classify": run(["main_classify.py", *common, "--output-dir", out, "--seed", seed, *extra_flags], log_path)}
-    seconds["evaluate"] = run(["evaluate.py", "--data-root", args.data_root, "--output-dir", out, "--mask-source", mask_source,
-                               *common[2:4], *extra_flags[:2]], log_path)
-    return json.loads((out / "outputs" / "eval" / "metrics.json").read_text()), seconds
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True)
+    return (result.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
 
 
 def main(argv=None) -> None:
     args = get_args(argv)
     out = args.output_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "benchmark.log"
-    manifest = out / "splits" / "herlev.json"
-    common = ["--data-root", args.data_root.resolve(), "--split-file", manifest, "--preset", args.preset, *args.extra]
-    shared = ["--seg-checkpoint", out / "checkpoints" / "segmentation_best.pth"]
-
-    # 1. Segmentation (first seed), masks for every cell, out-of-fold for train cells if the preset says so
-    times = {"segment": run(["main_segment.py", *common, "--output-dir", out, "--seed", args.seeds[0]], log_path)}
-
-    # 2. Classifier on predicted masks, one run per seed; the first lives in <output-dir> itself
-    runs = []
-    for seed in args.seeds:
-        seed_dir = out if seed == args.seeds[0] else out / "seeds" / f"seed{seed}"
-        metrics, seconds = classify_and_evaluate(args, seed_dir, seed, common, [*shared, "--masks-dir", out / "outputs" / "masks"],
-                                                 log_path, "predicted")
-        runs.append(metrics)
-        times[f"classify_seed{seed}"] = seconds["classify"]
-        times[f"evaluate_seed{seed}"] = seconds["evaluate"]
-
-    # 3. The same classifier on ground-truth masks (first seed), reported beside
-    gt_metrics, gt_seconds = classify_and_evaluate(args, out / "gt_masks", args.seeds[0], [*common, "--mask-source", "gt"],
-                                                   shared, log_path, "gt")
-    times["classify_gt"] = gt_seconds["classify"]
-
-    results = collect(args, runs, gt_metrics, times)
+    times: Dict[str, float] = {}
+    results = (cross_validation if args.cv else fixed_split)(args, out, out / "benchmark.log", times)
+    results.update(command=" ".join(["python", "benchmarks/herlev.py", *sys.argv[1:]]), commit=git_commit(),
+                   data_root=str(args.data_root), seconds={k: round(v, 1) for k, v in times.items()})
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown_table(results))
     print(markdown_table(results))
 
 
-def collect(args, runs, gt_metrics, times):
-    first = runs[0]
-    return {
-        "command": " ".join(sys.argv), "commit": git_commit(), "data_root": str(args.data_root), "seeds": args.seeds,
-        "test_cells": first["num_cells"],
-        "segmentation": {k: first["segmentation"][k] for k in ("dice_cyt", "dice_nuc", "iou_cyt", "iou_nuc")},
-        "predicted_masks": {
-            "accuracy": summary([r["classification"]["accuracy"] for r in runs]),
-            "macro_f1": summary([r["classification"]["macro_f1"] for r in runs]),
-            "normal_vs_abnormal_accuracy": summary([r["normal_vs_abnormal"]["accuracy"] for r in runs]),
-            "accuracy_ci95_first_seed": first["classification"]["accuracy_ci95"],
-            "confusion_matrix_first_seed": first["classification"]["confusion_matrix"],
-            "class_names": first["classification"]["class_names"],
-        },
-        "gt_masks": {
-            "accuracy": gt_metrics["classification"]["accuracy"], "macro_f1": gt_metrics["classification"]["macro_f1"],
-            "normal_vs_abnormal_accuracy": gt_metrics["normal_vs_abnormal"]["accuracy"],
-            "accuracy_ci95": gt_metrics["classification"]["accuracy_ci95"],
-        },
-        "seconds": {k: round(v, 1) for k, v in times.items()},
-    }
-
-
-def markdown_table(results) -> str:
-    pred, gt, seg = results["predicted_masks"], results["gt_masks"], results["segmentation"]
-    low, high = pred["accuracy_ci95_first_seed"]
-
-    def mean_sd(entry):
-        return f"{entry['mean']:.3f} ± {entry['sd']:.3f}"
-
-    lines = [
-        f"Herlev development set, test split ({results['test_cells']} cells), commit {results['commit']}, "
-        f"classifier seeds {results['seeds']}",
-        "",
-        "| metric | predicted masks | ground-truth masks |",
-        "|---|---|---|",
-        f"| Dice cytoplasm (whole cell) | {seg['dice_cyt']:.3f} | |",
-        f"| Dice nucleus | {seg['dice_nuc']:.3f} | |",
-        f"| 6-class accuracy | {mean_sd(pred['accuracy'])} (95% CI {low:.3f}-{high:.3f}) | {gt['accuracy']:.3f} |",
-        f"| 6-class macro-F1 | {mean_sd(pred['macro_f1'])} | {gt['macro_f1']:.3f} |",
-        f"| normal vs abnormal accuracy | {mean_sd(pred['normal_vs_abnormal_accuracy'])} | {gt['normal_vs_abnormal_accuracy']:.3f} |",
-        "",
-        "Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items()),
-        "",
-        f"Command: `{results['command']}`",
-        "",
-    ]
+def markdown_table(results: Dict) -> str:
+    lines = [f"Herlev, {results['protocol']} ({results['test_cells']} test cells), commit {results['commit']}", "",
+             "| metric | mean ± SD | per run |", "|---|---|---|"]
+    for name, entry in results["summary"].items():
+        values = " / ".join(f"{v:.3f}" for v in entry["values"])
+        lines.append(f"| {name} | {entry['mean']:.3f} ± {entry['sd']:.3f} | {values} |")
+    if "gt_masks" in results:
+        gt = results["gt_masks"]
+        lines += ["", "Ground-truth masks (first seed): " + ", ".join(f"{k} {v:.3f}" for k, v in gt.items() if v is not None)]
+    lines += ["", "Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["seconds"].items()), "",
+              f"Command: `{results['command']}`", ""]
     return "\n".join(lines)
 
 

@@ -52,13 +52,16 @@ import train_segment  # noqa: E402
 from benchmarks.herlev import git_commit  # noqa: E402
 from model.classification_model import ConvNeXtAttentionClassifier  # noqa: E402
 from model.segmentation_model import DualHeadAttConvNeXtUNet  # noqa: E402
-from tools.config import HelpFormatter, resolve_args, training_parser  # noqa: E402
-from tools.data_loader import CellRecord, ground_truth_masks, read_records  # noqa: E402
-from tools.datasets import ClassificationDataset, SegmentationDataset, prepare_cells  # noqa: E402
+from tools.acceleration import (Acceleration, autocast, resolve_acceleration, resolve_device,  # noqa: E402
+                                to_device, wrap_for_training)
+from tools.config import HelpFormatter, parse_stage_args, training_parser  # noqa: E402
+from tools.data_loader import ClassificationDataset, SegmentationDataset, make_loader, prepare_cells  # noqa: E402
 from tools.demo_data import make_demo_dataset  # noqa: E402
-from tools.engine import (Acceleration, adamw, autocast, backward_and_step, forward_loss, make_loader,  # noqa: E402
-                          resolve_acceleration, resolve_device, seed_everything, to_device, wrap_for_training)
-from tools.errors import UserError, exit_on_user_error  # noqa: E402
+from tools.engine import backward_and_step, forward_loss, seed_everything  # noqa: E402
+from tools.layouts import CellRecord, read_records  # noqa: E402
+from tools.masks import ground_truth_masks  # noqa: E402
+from tools.optim import adamw  # noqa: E402
+from utils.errors import UserError, exit_on_user_error  # noqa: E402
 
 STAGES = ("segmentation", "classification")
 CLASS_NAMES = [f"class{i}" for i in range(6)]  # Herlev's 6 classes: only the classifier's last layer depends on them
@@ -86,7 +89,7 @@ def get_args(argv=None) -> Dict[str, argparse.Namespace]:
     if parsed.steps < 1 or parsed.warmup < 1:
         parser.error("--steps and --warmup need at least 1 (the peak memory is measured over the warm-up steps)")
     stage = parsed.stage
-    return {name: resolve_args(parser, name, argv) for name in (STAGES if stage == "both" else (stage,))}
+    return {name: parse_stage_args(parser, name, argv) for name in (STAGES if stage == "both" else (stage,))}
 
 
 # ---------------------------------------------------------------- one model, synthetic batches

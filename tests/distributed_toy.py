@@ -14,7 +14,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script by torchrun
 
 from tools import distributed  # noqa: E402
-from tools.engine import RunState, Task, adamw, fit, make_loader, seed_everything, warmup_cosine  # noqa: E402
+from tools.checkpoint import RunState  # noqa: E402
+from tools.data_loader import make_loader  # noqa: E402
+from tools.engine import Task, fit, seed_everything  # noqa: E402
+from tools.optim import adamw, warmup_cosine  # noqa: E402
 
 
 class Blobs(torch.utils.data.Dataset):
@@ -52,7 +55,7 @@ class LossAndAccuracyMeter:
 
 
 def run(out_dir: Path, batch_size: int, epochs: int = 3):
-    device = distributed.setup("cpu")
+    device = distributed.setup(torch.device("cpu"))
     seed_everything(0)
     model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     train_loader = make_loader(Blobs(32, 1), batch_size, True, 0, device, seed=0, drop_last=True)

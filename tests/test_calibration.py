@@ -4,9 +4,12 @@ import pytest
 import torch
 
 import main_classify
-from tools.calibration import TEMPERATURE_RANGE, fit_temperature, temperature_nll
-from tools.inference import predict_class_probs
+from tools.calibration import TEMPERATURE_RANGE, fit_temperature, temperature_nll, view_logits_of_cells
+from tools.cell_cache import PreparedCells
+from tools.inference import CellPipeline
+from tools.layouts import CellRecord
 from tools.metrics import expected_calibration_error
+from utils.preprocessing import cell_channels
 
 
 def softmax(logits):
@@ -49,25 +52,30 @@ def test_temperature_stops_at_the_bounds():
 
 
 def test_views_are_averaged_in_probability_space():
-    # two views of one cell: the NLL is that of the mean of their softmaxes, as predict_class_probs reports
+    # two views of one cell: the NLL is that of the mean of their softmaxes, as CellPipeline.class_probs reports
     views = torch.tensor([[[2.0, 0.0]], [[0.0, 2.0]]], dtype=torch.float64)  # [V=2, N=1, K=2]
     nll = temperature_nll(views, torch.tensor([0]), torch.tensor(1.0, dtype=torch.float64))
     assert float(nll) == pytest.approx(-np.log(0.5))
 
 
-class MeanColourClassifier(torch.nn.Module):
-    """Logits from each channel's mean: the same for every flip, so flip averaging leaves softmax(logits / T) exact."""
+def test_view_logits_of_cells_batch_the_prepared_cells_in_order():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    masks = (rng.random((5, 2, 8, 8)) < 0.5).astype(np.uint8)
+    records = [CellRecord(f"c{i}", None, ["b", "a"][i % 2], f"c{i}") for i in range(5)]
+    seen = []
 
-    def forward(self, x):
-        return x.mean(dim=(2, 3)) @ torch.tensor([[3.0, 0.0, -1.0], [0.0, 2.0, 1.0]])
+    def classifier(batch, *rest):
+        seen.append(len(batch))
+        return batch.mean(axis=(2, 3))  # [3B, 5]: the same for every flip
 
-
-def test_predict_class_probs_divides_logits_by_temperature():
-    inputs = torch.randn(4, 2, 8, 8)
-    logits = MeanColourClassifier()(inputs).numpy()
-    for temperature in (1.0, 0.5, 3.0):
-        probs = predict_class_probs(MeanColourClassifier(), inputs, torch.device("cpu"), temperature)
-        np.testing.assert_allclose(probs, softmax(logits / temperature), rtol=1e-5)
+    logits, labels = view_logits_of_cells(CellPipeline(None, 0, classifier, 8), PreparedCells(images, masks, records),
+                                          ["a", "b"], batch_size=2)
+    assert seen == [6, 6, 3]  # batches of 2, 2 and 1 cells, three views each
+    expected = np.stack([cell_channels(images[i], masks[i]).mean(axis=(1, 2)) for i in range(5)])
+    assert logits.shape == (3, 5, 5)
+    np.testing.assert_allclose(logits, np.stack([expected] * 3), rtol=1e-5)
+    assert labels.tolist() == [1, 0, 1, 0, 1]
 
 
 def test_main_classify_stores_temperature_in_both_checkpoints(demo_root, tmp_path):

@@ -1,300 +1,37 @@
-"""Behaviour of tools/data_loader.py: .dat polygons, the three layouts, groups, masks and their errors."""
+"""Behaviour of tools/data_loader.py: decoding cells, a data root opened and split, the datasets, augmentation,
+the seeded sampler and the loader."""
 import shutil
-from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import TensorDataset
 
+import tools.data_loader as data_loader
 from tools.data_loader import (
-    CLUSTER_CROP_MARGIN,
-    LAYOUTS,
-    detect_layout,
-    ground_truth_masks,
+    ClassificationDataset,
+    SegmentationDataset,
+    SeededSampler,
+    build_augmentation,
     load_sample,
-    read_dat_polygon,
-    read_records,
+    make_loader,
+    open_dataset,
+    prepare_cells,
+    report_skipped,
 )
-from tools.demo_data import SIPAKMED_CLASSES
-from tools.errors import UserError
+from tools.layouts import read_records
+from tools.run_dir import RunPaths
+from utils.errors import UserError
+from utils.preprocessing import PAD_RGB, cell_channels, normalize_image
+
+CPU = torch.device("cpu")
+SIZE = 32
 
 
-# ---------------------------------------------------------------- .dat polygons
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path
-
-
-def test_dat_plain_scientific_spaces_and_blank_lines(tmp_path):
-    text = "\n  1.5,2.25\n3.0E+01, 4.5e-01\n\n  5 ,  6  \n7.25e0,\t8\n\n\n"
-    points = read_dat_polygon(write(tmp_path / "001_cyt01.dat", text))
-    assert points.dtype == np.float32 and points.shape == (4, 2)
-    assert np.allclose(points, [[1.5, 2.25], [30.0, 0.45], [5, 6], [7.25, 8]])
-
-
-def test_dat_windows_line_endings_and_negative_values(tmp_path):
-    points = read_dat_polygon(write(tmp_path / "a.dat", "-1.5,2\r\n3,-4.0\r\n5,6\r\n"))
-    assert np.allclose(points, [[-1.5, 2], [3, -4], [5, 6]])
-
-
-@pytest.mark.parametrize("text,line", [
-    ("1,2\n3,4\nhello\n5,6\n", 3),
-    ("1,2\n\n3;4\n5,6\n", 3),  # blank lines still count in the line number
-    ("1,2\n3,4,5\n5,6\n", 2),
-    ("1,2\n3\n5,6\n", 2),
-])
-def test_dat_garbage_line_names_file_and_line(tmp_path, text, line):
-    path = write(tmp_path / "007_nuc02.dat", text)
-    with pytest.raises(UserError, match=rf"007_nuc02\.dat:{line}:"):
-        read_dat_polygon(path)
-
-
-@pytest.mark.parametrize("bad", ["nan,1", "1,inf", "-inf,2", "NaN, NaN"])
-def test_dat_non_finite_point_names_file_and_line(tmp_path, bad):
-    path = write(tmp_path / "x.dat", f"1,2\n{bad}\n5,6\n7,8\n")
-    with pytest.raises(UserError, match=r"x\.dat:2: .*finite"):
-        read_dat_polygon(path)
-
-
-@pytest.mark.parametrize("text", ["", "\n\n", "1,2\n", "1,2\n3,4\n\n"])
-def test_dat_fewer_than_three_points(tmp_path, text):
-    path = write(tmp_path / "short.dat", text)
-    with pytest.raises(UserError, match=r"short\.dat.*at least 3 points"):
-        read_dat_polygon(path)
-
-
-# ---------------------------------------------------------------- the sipakmed layout
-
-def copy_demo(demo_root: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(demo_root, tmp_path / "sipakmed"))
-
-
-def test_sipakmed_cropped_records(demo_root):
-    records, layout = read_records(demo_root)
-    assert layout == "sipakmed" == detect_layout(demo_root)
-    assert {r.label for r in records} == set(SIPAKMED_CLASSES)
-    crops = sorted(demo_root.glob("im_*/im_*/CROPPED/*.bmp"))
-    assert len(records) == len(crops)
-    assert [r.sample_id for r in records] == sorted(r.sample_id for r in records)
-    assert len({r.sample_id for r in records}) == len(records)
-    for record in records:
-        assert record.image_path.parent.name == "CROPPED" and record.crop_box is None
-        assert record.has_masks and len(record.cyt_polygons) == 1 and len(record.nuc_polygons) == 1
-        cluster = record.image_path.stem.split("_")[0]
-        assert record.group == f"{record.label}/{cluster}"
-        assert record.sample_id == record.image_path.relative_to(demo_root).with_suffix("").as_posix()
-
-
-def test_sipakmed_clusters_records(demo_root):
-    records, layout = read_records(demo_root, sipakmed_source="clusters")
-    assert layout == "sipakmed"
-    cyt_files = sorted(demo_root.glob("im_*/im_*/*_cyt*.dat"))
-    assert len(records) == len(cyt_files)
-    for record in records:
-        assert record.image_path.parent.parent.name == record.label  # the cluster image itself
-        assert record.crop_box is not None
-        x0, y0, x1, y1 = record.crop_box
-        assert 0 <= x0 < x1 and 0 <= y0 < y1
-        # polygons are moved into the crop; the margin is kept where the image border allows
-        points = record.cyt_polygons[0]
-        assert points.min() >= 0
-        assert points[:, 0].min() >= min(CLUSTER_CROP_MARGIN - 1, x0 + points[:, 0].min())
-        assert record.group == f"{record.label}/{record.image_path.stem}"
-        assert len(record.nuc_polygons) == 1  # each demo cell has one nucleus, found by its centroid
-
-
-def test_sipakmed_groups_are_class_and_cluster(demo_root):
-    cropped, _ = read_records(demo_root)
-    clusters, _ = read_records(demo_root, sipakmed_source="clusters")
-    count_cropped = Counter(r.group for r in cropped)
-    assert count_cropped == Counter(r.group for r in clusters)
-    # one group per cluster image, several cells in some of them, and the same cluster number in two
-    # classes is two groups
-    assert len(count_cropped) == len(list(demo_root.glob("im_*/im_*/*.bmp")))
-    assert max(count_cropped.values()) > 1
-    assert {f"{c}/001" for c in SIPAKMED_CLASSES} <= set(count_cropped)
-
-
-def iou(a, b):
-    return (a & b).sum() / max((a | b).sum(), 1)
-
-
-def test_cropped_and_cluster_masks_agree_for_the_same_cell(demo_root):
-    """The demo crops are the cluster bounding box + margin, so both sources describe the same pixels."""
-    cropped = {r.sample_id.replace("CROPPED/", ""): r for r in read_records(demo_root)[0]}
-    clusters = {r.sample_id: r for r in read_records(demo_root, sipakmed_source="clusters")[0]}
-    assert set(cropped) == set(clusters)
-    for sample_id in sorted(cropped)[::3]:
-        a, b = load_sample(cropped[sample_id]), load_sample(clusters[sample_id])
-        assert a.image.shape == b.image.shape, sample_id
-        assert np.array_equal(a.image, b.image), sample_id
-        assert iou(a.cell_mask, b.cell_mask) > 0.95, sample_id
-        assert iou(a.nuc_mask, b.nuc_mask) > 0.9, sample_id
-        assert abs(int(a.cell_mask.sum()) - int(b.cell_mask.sum())) <= 0.02 * a.cell_mask.sum()
-
-
-def test_sipakmed_masks_are_whole_cells_containing_the_nucleus(demo_root):
-    records, _ = read_records(demo_root)
-    for record in records[:6]:
-        sample = load_sample(record)
-        assert sample.image.dtype == np.uint8 and sample.image.shape[2] == 3
-        assert sample.cell_mask.shape == sample.nuc_mask.shape == sample.image.shape[:2]
-        assert sample.cell_mask.dtype == bool and sample.nuc_mask.dtype == bool
-        assert sample.nuc_mask.any() and (sample.nuc_mask <= sample.cell_mask).all()
-        assert sample.nuc_mask.sum() < sample.cell_mask.sum() < sample.cell_mask.size
-        # the drawn nucleus is darker than the rest of the cell
-        gray = sample.image.mean(axis=2)
-        assert gray[sample.nuc_mask].mean() < gray[sample.cell_mask & ~sample.nuc_mask].mean()
-
-
-def test_cluster_crop_is_clipped_at_the_image_border(tmp_path):
-    root = tmp_path / "data"
-    folder = root / "im_A" / "im_A"
-    folder.mkdir(parents=True)
-    image = np.full((50, 60, 3), 200, np.uint8)
-    cv2.imwrite(str(folder / "001.bmp"), image)
-    write(folder / "001_cyt01.dat", "0,0\n20,0\n20,15\n0,15\n")  # touches the top-left corner
-    write(folder / "001_cyt02.dat", "45,35\n59,35\n59,49\n45,49\n")  # touches the bottom-right corner
-    write(folder / "001_nuc01.dat", "5,5\n8,5\n8,8\n5,8\n")
-    assert detect_layout(root) == "sipakmed"  # cluster .dat files alone, no CROPPED/
-    records, _ = read_records(root, sipakmed_source="clusters")
-    assert [r.sample_id for r in records] == ["im_A/im_A/001_01", "im_A/im_A/001_02"]
-    first, second = (load_sample(r) for r in records)
-    assert first.image.shape[:2] == (15 + CLUSTER_CROP_MARGIN + 1, 20 + CLUSTER_CROP_MARGIN + 1)
-    assert first.cell_mask[:16, :21].all() and first.nuc_mask[5:9, 5:9].all()
-    assert second.image.shape[:2] == (50 - 25, 60 - 35)  # clipped at the far edges
-    assert second.cell_mask.shape == second.image.shape[:2] and second.cell_mask[-1, -1]
-    assert not second.nuc_mask.any()  # no nucleus file whose centroid lies in cell 02
-
-
-def test_cropped_dat_in_cluster_coordinates_suggests_clusters_source(tmp_path, demo_root):
-    root = copy_demo(demo_root, tmp_path)
-    folder = root / "im_Parabasal" / "im_Parabasal"
-    # replace a crop's boundary by its cluster-image boundary, as a distribution with absolute coordinates would
-    shutil.copy(folder / "002_cyt01.dat", folder / "CROPPED" / "002_01_cyt.dat")
-    records, _ = read_records(root)  # reading succeeds; the problem shows when the masks are drawn
-    record = next(r for r in records if r.sample_id == "im_Parabasal/im_Parabasal/CROPPED/002_01")
-    with pytest.raises(UserError, match=r"002_01_cyt\.dat.*outside.*--sipakmed-source clusters"):
-        load_sample(record)
-    # the other cells are untouched
-    assert load_sample(next(r for r in records if r.sample_id == "im_Parabasal/im_Parabasal/CROPPED/001_01")).cell_mask.any()
-
-
-def test_cropped_image_without_its_cyt_dat(tmp_path, demo_root):
-    root = copy_demo(demo_root, tmp_path)
-    (root / "im_Metaplastic" / "im_Metaplastic" / "CROPPED" / "001_01_cyt.dat").unlink()
-    with pytest.raises(UserError, match=r"001_01\.bmp.*001_01_cyt\.dat"):
-        read_records(root)
-
-
-def test_bad_dat_in_dataset_names_the_file(tmp_path, demo_root):
-    root = copy_demo(demo_root, tmp_path)
-    write(root / "im_Koilocytotic" / "im_Koilocytotic" / "CROPPED" / "001_01_nuc.dat", "1,2\n3,x\n5,6\n")
-    with pytest.raises(UserError, match=r"001_01_nuc\.dat:2:"):
-        read_records(root)
-
-
-def test_crop_without_nucleus_file_has_an_empty_nucleus(tmp_path, demo_root):
-    root = copy_demo(demo_root, tmp_path)
-    (root / "im_Dyskeratotic" / "im_Dyskeratotic" / "CROPPED" / "001_01_nuc.dat").unlink()
-    records, _ = read_records(root)
-    record = next(r for r in records if r.sample_id == "im_Dyskeratotic/im_Dyskeratotic/CROPPED/001_01")
-    sample = load_sample(record)
-    assert record.nuc_polygons == [] and sample.cell_mask.any() and not sample.nuc_mask.any()
-
-
-def test_sipakmed_without_inner_folder(tmp_path):
-    root = tmp_path / "flat"
-    (root / "im_A" / "CROPPED").mkdir(parents=True)
-    cv2.imwrite(str(root / "im_A" / "CROPPED" / "004_01.bmp"), np.full((20, 20, 3), 128, np.uint8))
-    write(root / "im_A" / "CROPPED" / "004_01_cyt.dat", "2,2\n17,2\n17,17\n2,17\n")
-    records, layout = read_records(root)
-    assert layout == "sipakmed" and [r.group for r in records] == ["im_A/004"]
-
-
-# ---------------------------------------------------------------- the paired (Herlev) layout
-
-def test_paired_records_and_whole_cell_masks(tmp_path, make_paired):
-    root = make_paired(tmp_path / "herlev", classes=("carcinoma", "normal"), cells_per_class=3)
-    assert detect_layout(root) == "paired"
-    records, layout = read_records(root)
-    assert layout == "paired" and len(records) == 6
-    assert [r.sample_id for r in records] == [f"{c}/{n}" for c in ("carcinoma", "normal") for n in (1, 2, 3)]
-    for record in records:
-        assert record.image_path.suffix == ".BMP"
-        assert record.nuc_mask_path.name == f"{record.image_path.stem}N.png"
-        assert record.cyt_mask_path.name == f"{record.image_path.stem}C.png"
-        assert record.group == record.sample_id  # every cell is its own group
-        sample = load_sample(record)
-        assert sample.cell_mask.shape == sample.nuc_mask.shape == sample.image.shape[:2] == (40, 56)
-        stored_cyt = cv2.imread(str(record.cyt_mask_path), cv2.IMREAD_GRAYSCALE) > 0
-        stored_nuc = cv2.imread(str(record.nuc_mask_path), cv2.IMREAD_GRAYSCALE) > 0
-        assert not (stored_cyt & stored_nuc).any()  # Herlev stores the cytoplasm without the nucleus
-        # the project's cytoplasm target is the whole cell: C | N
-        assert np.array_equal(sample.cell_mask, stored_cyt | stored_nuc)
-        assert np.array_equal(sample.nuc_mask, stored_nuc)
-        assert tuple(sample.image[20, 28]) == (60, 40, 90)  # nucleus colour, RGB order
-
-
-def test_paired_custom_suffixes(tmp_path, make_paired):
-    root = make_paired(tmp_path / "data", cells_per_class=2)
-    for path in list(root.rglob("*N.png")):
-        path.rename(path.with_name(path.name.replace("N.png", "_nuc.png")))
-    for path in list(root.rglob("*C.png")):
-        path.rename(path.with_name(path.name.replace("C.png", "_cyt.png")))
-    records, layout = read_records(root, nuc_suffix="_nuc.png", cyt_suffix="_cyt.png")
-    assert layout == "paired" and len(records) == 4
-    assert load_sample(records[0]).nuc_mask.any()
-
-
-def test_paired_missing_mask_is_a_user_error(tmp_path, make_paired):
-    root = make_paired(tmp_path / "herlev")
-    (root / "normal" / "2C.png").unlink()
-    with pytest.raises(UserError, match=r"2\.BMP.*missing mask 2C\.png"):
-        read_records(root)
-
-
-def test_paired_mask_of_another_size_is_a_user_error(tmp_path, make_paired):
-    root = make_paired(tmp_path / "herlev")
-    cv2.imwrite(str(root / "abnormal" / "1N.png"), np.zeros((10, 10), np.uint8))
-    records, _ = read_records(root)
-    with pytest.raises(UserError, match=r"1N\.png.*10x10.*56x40"):
-        load_sample(records[0])
-
-
-@pytest.mark.parametrize("layout_maker", ["paired", "sipakmed"])
-def test_empty_class_folder_is_a_user_error(tmp_path, demo_root, make_paired, layout_maker):
-    if layout_maker == "paired":
-        root = make_paired(tmp_path / "herlev")
-        (root / "im_Empty").mkdir()
-    else:
-        root = copy_demo(demo_root, tmp_path)
-        (root / "im_Empty" / "im_Empty").mkdir(parents=True)
-    with pytest.raises(UserError, match=r"class folder\(s\) im_Empty hold no usable images"):
-        read_records(root)
-
-
-# ---------------------------------------------------------------- labels only
-
-def test_labels_only_layout(tmp_path):
-    root = tmp_path / "labels"
-    for name, count in (("a", 2), ("b", 3)):
-        (root / name).mkdir(parents=True)
-        for index in range(count):
-            cv2.imwrite(str(root / name / f"cell{index}.jpg"), np.full((12, 18, 3), 50 * index, np.uint8))
-    (root / "a" / "notes.txt").write_text("not an image")
-    assert detect_layout(root) == "labels"
-    records, layout = read_records(root)
-    assert layout == "labels" and len(records) == 5
-    assert Counter(r.label for r in records) == {"a": 2, "b": 3}
-    assert all(not r.has_masks and r.group == r.sample_id for r in records)
-    sample = load_sample(records[0], mask_provider=None)
-    assert sample.image.shape == (12, 18, 3) and sample.cell_mask is None and sample.nuc_mask is None
-    with pytest.raises(UserError, match="no ground-truth masks.*--mask-source predicted"):
-        load_sample(records[0])
-
+# ---------------------------------------------------------------- decoding one cell
 
 def test_custom_mask_provider_gets_the_image_shape(tmp_path):
     root = tmp_path / "labels"
@@ -310,43 +47,227 @@ def test_custom_mask_provider_gets_the_image_shape(tmp_path):
     assert seen == [(9, 13)] and sample.cell_mask.all() and not sample.nuc_mask.any()
 
 
-# ---------------------------------------------------------------- layout detection
-
-def test_unrecognised_folder_lists_the_layouts(tmp_path):
-    root = tmp_path / "texts"
-    (root / "class_a").mkdir(parents=True)
-    (root / "class_a" / "readme.txt").write_text("hello")
-    (root / "summary.txt").write_text("hello")
-    with pytest.raises(UserError) as error:
-        detect_layout(root)
-    message = str(error.value)
-    assert str(root) in message
-    assert all(layout in message for layout in LAYOUTS)
-    with pytest.raises(UserError, match="no known data layout"):
-        read_records(root)
+def test_labels_only_cell_decodes_without_masks_and_refuses_ground_truth(tmp_path):
+    root = tmp_path / "labels"
+    (root / "a").mkdir(parents=True)
+    cv2.imwrite(str(root / "a" / "x.png"), np.zeros((9, 13, 3), np.uint8))
+    record = read_records(root)[0][0]
+    sample = load_sample(record, mask_provider=None)
+    assert sample.image.shape == (9, 13, 3) and sample.cell_mask is None and sample.nuc_mask is None
+    with pytest.raises(UserError, match="no ground-truth masks.*--mask-source predicted"):
+        load_sample(record)
 
 
-def test_missing_root_and_unknown_layout(tmp_path, make_paired):
-    with pytest.raises(UserError, match="does not exist"):
-        read_records(tmp_path / "nowhere")
-    root = make_paired(tmp_path / "herlev")
-    with pytest.raises(UserError, match="unknown layout 'coco'"):
-        read_records(root, layout="coco")
+def test_report_skipped_lists_every_cell_and_prints_the_first_ten(tmp_path, capsys):
+    from tools.data_loader import SkippedCell
+
+    skipped = [SkippedCell(None, f"/data/{i}.bmp: cannot read this image, empty file; replace or remove it") for i in range(12)]
+    path = tmp_path / "run" / "skipped_cells.txt"
+    report_skipped(skipped, path)
+    assert path.read_text().splitlines() == [f"/data/{i}.bmp (cannot read this image, empty file)" for i in range(12)]
+    printed = capsys.readouterr().out
+    assert printed.startswith("skipped 12 bad cells: /data/0.bmp (cannot read") and "and 2 more" in printed
+    assert "/data/10.bmp" not in printed and str(path) in printed
+    report_skipped([], path)  # none skipped this time: the old list would mislead
+    assert path.read_text() == "" and capsys.readouterr().out == ""
 
 
-def test_forced_layout_overrides_detection(tmp_path, make_paired):
-    root = make_paired(tmp_path / "herlev", cells_per_class=2)
-    records, layout = read_records(root, layout="labels")
-    # masks are then just images of their class: 3 files per cell, no masks
-    assert layout == "labels" and len(records) == 2 * 2 * 3 and not any(r.has_masks for r in records)
+# ---------------------------------------------------------------- a data root, split and checked
+
+def data_args(data_root, **chosen):
+    flags = dict(data_root=data_root, layout="auto", sipakmed_source="cropped", nuc_suffix="N.png", cyt_suffix="C.png",
+                 split_file=None, split_seed=0, skip_bad=False)
+    return SimpleNamespace(**{**flags, **chosen})
 
 
-def test_ground_truth_masks_union_for_polygons():
-    from tools.data_loader import CellRecord
+def test_open_split_on_the_demo_data(tmp_path, demo_root):
+    split = open_dataset(data_args(demo_root), RunPaths(tmp_path))
+    assert split.layout == "sipakmed"
+    assert sum(len(v) for v in split.by_split.values()) == len(split.records)
+    assert split.by_split["train"] and split.by_split["val"]
+    group_split = {}
+    for name, records in split.by_split.items():
+        for record in records:
+            assert group_split.setdefault(record.group, name) == name  # no cluster image in two splits
+    assert RunPaths(tmp_path).manifest(demo_root).exists()
 
-    cyt = np.array([(2, 2), (9, 2), (9, 9), (2, 9)], np.float32)
-    nuc = np.array([(8, 8), (11, 8), (11, 11), (8, 11)], np.float32)  # sticks out of the cell polygon
-    record = CellRecord("x", Path("x.bmp"), "a", "g", cyt_polygons=[cyt], nuc_polygons=[nuc],
-                        polygon_files=(Path("x_cyt.dat"), Path("x_nuc.dat")))
-    cell, nucleus = ground_truth_masks(record, (14, 14))
-    assert (nucleus <= cell).all() and cell[10, 10] and cell.sum() == 64 + 16 - 4
+
+def test_open_dataset_leaves_bad_cells_out_under_skip_bad_and_keeps_the_split(paired_root, tmp_path):
+    root = Path(shutil.copytree(paired_root, tmp_path / "herlev"))
+    paths = RunPaths(tmp_path / "run")
+    whole = open_dataset(data_args(root), paths)
+    bad = whole.by_split["train"][0]
+    bad.image_path.write_bytes(b"")
+    with pytest.raises(UserError, match=rf"{bad.image_path.name}: cannot read this image.*--skip-bad"):
+        open_dataset(data_args(root), paths)
+    split = open_dataset(data_args(root, skip_bad=True), paths)
+    assert [r.sample_id for r in split.records] == [r.sample_id for r in whole.records if r.sample_id != bad.sample_id]
+    for name in ("val", "test"):
+        assert [r.sample_id for r in split.by_split[name]] == [r.sample_id for r in whole.by_split[name]]
+    assert paths.skipped_cells.read_text().startswith(str(bad.image_path))
+
+
+# ---------------------------------------------------------------- datasets
+
+def test_datasets_give_normalised_images_with_their_masks_and_labels(paired_root):
+    records, _ = read_records(paired_root)
+    cells = prepare_cells(records, SIZE)
+    assert cells.images.shape == (len(records), SIZE, SIZE, 3) and cells.masks.shape == (len(records), 2, SIZE, SIZE)
+    image, masks = SegmentationDataset(cells, train=False)[3]
+    assert image.dtype == masks.dtype == torch.float32
+    assert torch.equal(image, torch.from_numpy(normalize_image(cells.images[3])))
+    assert torch.equal(masks, torch.from_numpy(cells.masks[3].astype(np.float32)))
+    class_names = sorted({r.label for r in records})
+    dataset = ClassificationDataset(cells, class_names, train=False)
+    for index in (0, len(records) - 1):
+        channels, label = dataset[index]
+        assert torch.equal(channels, torch.from_numpy(cell_channels(cells.images[index], cells.masks[index])))
+        assert class_names[int(label)] == records[index].label
+
+
+def test_an_item_seed_fixes_its_augmentation(paired_root):
+    cells = prepare_cells(read_records(paired_root)[0], SIZE)
+    dataset = SegmentationDataset(cells, train=True)
+    draws = [dataset[(2, seed)] for seed in (7, 7, 8)]
+    assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
+    assert not torch.equal(draws[0][0], draws[2][0])
+
+
+# ---------------------------------------------------------------- augmentation
+
+def coloured_cell(height, width):
+    """Grey background with a red rectangle; returns (image, mask of exactly the red pixels)."""
+    image = np.full((height, width, 3), 200, np.uint8)
+    mask = np.zeros((height, width), bool)
+    mask[height // 4: height // 2, width // 3: width // 3 + width // 4] = True
+    image[mask] = (220, 30, 30)
+    return image, mask
+
+
+def seed_each_transform(augment, seed):
+    """Reproducible but independent draws per transform (Compose.set_random_seed gives them all one stream)."""
+    for index, transform in enumerate(augment.transforms):
+        transform.set_random_seed(seed * 100 + index)
+
+
+def test_eval_augmentation_is_identity():
+    image, mask = coloured_cell(64, 64)
+    out = build_augmentation(train=False)(image=image, masks=[mask.astype(np.uint8)])
+    assert np.array_equal(out["image"], image)
+    assert np.array_equal(out["masks"][0], mask)
+
+
+def test_train_augmentation_moves_masks_with_the_image():
+    """Whatever geometric transform is drawn, the mask still marks the coloured pixels afterwards."""
+    size = 64
+    image = np.full((size, size, 3), PAD_RGB, np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    cv2.ellipse(mask, (22, 38), (12, 7), 30, 0, 360, 1, -1)  # off-centre and asymmetric: flips show
+    mask[8:16, 40:52] = 1
+    image[mask > 0] = (200, 40, 160)
+    augment = build_augmentation(train=True)
+    moved = 0
+    for seed in range(25):
+        seed_each_transform(augment, seed)
+        out = augment(image=image, masks=[mask, 1 - mask])
+        out_image, (out_mask, out_inverse) = out["image"], out["masks"]
+        assert out_image.shape == image.shape and out_mask.shape == mask.shape
+        assert set(np.unique(out_mask)) <= {0, 1}
+        colour = out_image.astype(int)
+        # the grey background has no saturation, whatever the colour jitter; blur smears the edge, so the
+        # coloured region is where saturation is above half of the cell's
+        saturation = colour.max(axis=2) - colour.min(axis=2)
+        coloured = saturation > 0.5 * np.percentile(saturation, 99)
+        marked = out_mask > 0
+        iou = (coloured & marked).sum() / (coloured | marked).sum()
+        assert iou > 0.9, (seed, iou)
+        moved += not np.array_equal(out_mask, mask)
+        # masks are padded with 0, not with their own edge: the inverse mask shows no padded "cell"
+        assert (out_mask & out_inverse).sum() == 0
+    assert moved >= 20  # the transforms really are geometric most of the time
+
+
+def test_train_augmentation_changes_colour_only_in_the_image():
+    image = np.full((32, 32, 3), (180, 120, 90), np.uint8)
+    mask = np.ones((32, 32), np.uint8)
+    augment = build_augmentation(train=True)
+    changed = 0
+    for seed in range(10):
+        seed_each_transform(augment, seed)
+        out = augment(image=image, masks=[mask])
+        changed += not np.array_equal(out["image"], image)
+        assert set(np.unique(out["masks"][0])) <= {0, 1}
+    assert changed >= 5
+
+
+# ---------------------------------------------------------------- sampler and loader
+
+def test_balanced_sampler_draws_every_class_about_equally():
+    labels = np.array([0] * 90 + [1] * 10)
+    weights = 1.0 / np.bincount(labels)[labels]
+    sampler = SeededSampler(len(labels), shuffle=True, seed=0, sample_weights=weights)
+    drawn = []
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        drawn += [labels[index] for index, _ in sampler]
+    assert len(drawn) == 20 * 100
+    assert 0.4 < np.mean(drawn) < 0.6  # the 10 % class fills about half of every epoch
+    sampler.set_epoch(3)
+    assert list(sampler) == list(sampler)  # drawn from (seed, epoch) alone
+
+
+def worker_augment(monkeypatch, seed=123456789):
+    """Run seed_worker as a loader worker would, and return the augmentation it seeded."""
+    augment = build_augmentation(train=True)
+    info = SimpleNamespace(seed=seed, dataset=SimpleNamespace(augment=augment))
+    monkeypatch.setattr(data_loader, "get_worker_info", lambda: info)
+    data_loader.seed_worker(0)
+    augment.save_applied_params = True
+    return augment
+
+
+def applied(augment, calls=200):
+    image = np.zeros((16, 16, 3), np.uint8)
+    return [{name for name, _ in augment(image=image)["applied_transforms"]} for _ in range(calls)]
+
+
+def test_seed_worker_makes_augmentation_reproducible(monkeypatch):
+    a, b = applied(worker_augment(monkeypatch), 30), applied(worker_augment(monkeypatch), 30)
+    assert a == b
+    assert applied(worker_augment(monkeypatch, seed=1), 30) != a
+
+
+def test_seed_worker_keeps_transforms_independent(monkeypatch):
+    draws = applied(worker_augment(monkeypatch))
+    horizontal = np.array(["HorizontalFlip" in d for d in draws])
+    vertical = np.array(["VerticalFlip" in d for d in draws])
+    # independent p=0.5 flips: exactly one of them fires about half of the time
+    assert 0.3 < (horizontal != vertical).mean() < 0.7
+
+
+def test_make_loader_makes_main_process_augmentation_repeatable():
+    # with --workers 0 seed_worker never runs; make_loader seeds the augmentation itself
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+
+    class Augmented(torch.utils.data.Dataset):
+        def __init__(self):
+            self.augment = build_augmentation(train=True)
+
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, index):
+            return torch.from_numpy(self.augment(image=image)["image"])
+
+    batches = [torch.cat(list(make_loader(Augmented(), 3, False, 0, CPU, seed))) for seed in (0, 0, 1)]
+    assert torch.equal(batches[0], batches[1])
+    assert not torch.equal(batches[0], batches[2])
+
+
+def test_make_loader_is_seeded():
+    dataset = TensorDataset(torch.arange(20))
+    order = lambda seed: [int(x) for (batch,) in make_loader(dataset, 4, True, 0, CPU, seed) for x in batch]
+    assert order(3) == order(3) and sorted(order(3)) == list(range(20))
+    assert order(3) != order(4)
+    loader = make_loader(dataset, 6, False, 0, CPU, 0, drop_last=True)
+    assert [len(b[0]) for b in loader] == [6, 6, 6]

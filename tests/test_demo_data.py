@@ -1,4 +1,5 @@
-"""Behaviour of tools/demo_data.py: SIPaKMeD layout, determinism, geometry, class differences, CLI."""
+"""Behaviour of tools/demo_data.py: SIPaKMeD layout, determinism, geometry, crowded clusters, class differences, CLI."""
+import itertools
 import json
 import re
 from pathlib import Path
@@ -7,9 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from tools.demo_data import PARAMS_FILE, SIPAKMED_CLASSES, main, make_demo_dataset
+from tools.demo_data import PARAMS_FILE, SIPAKMED_CLASSES, dataset_params, is_crowded, main, make_demo_dataset
+from utils.errors import UserError
 
-CLUSTERS = 2
+CLUSTERS = 2  # cluster 001 of each class is sparse, 002 crowded
 
 
 def read_dat(path):
@@ -31,6 +33,28 @@ def cells_of(root, name):
 def inside(polygon, points, min_distance=0.0):
     contour = polygon.astype(np.float32)
     return all(cv2.pointPolygonTest(contour, (float(x), float(y)), True) >= min_distance for x, y in points)
+
+
+def cluster_masks(root, name, cluster):
+    """(image, cell masks, nucleus masks) of one cluster image, polygons rasterised with cv2.fillPoly, in cell order."""
+    folder = class_dir(root, name)
+    image = cv2.imread(str(folder / f"{cluster}.bmp"))
+
+    def rasterise(path):
+        mask = np.zeros(image.shape[:2], np.uint8)
+        cv2.fillPoly(mask, [np.round(read_dat(path)).astype(np.int32)], 1)
+        return mask.astype(bool)
+    cells = [rasterise(p) for p in sorted(folder.glob(f"{cluster}_cyt*.dat"))]
+    nuclei = [rasterise(p) for p in sorted(folder.glob(f"{cluster}_nuc*.dat"))]
+    return image, cells, nuclei
+
+
+def clusters_of(root, name, crowded):
+    return sorted(c for c in {c for c, _ in cells_of(root, name)} if is_crowded(int(c) - 1) == crowded)
+
+
+def pairs(items):
+    return list(itertools.combinations(range(len(items)), 2))
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +89,8 @@ def test_layout_matches_sipakmed(dataset):
         assert image.shape == (288, 384, 3) and image.dtype == np.uint8
         total_cells += len(cells)
     summary = json.loads((dataset / PARAMS_FILE).read_text())
-    assert summary["counts"] == {"classes": 5, "cluster_images": 5 * CLUSTERS, "cells": total_cells}
+    assert summary["counts"] == {"classes": 5, "cluster_images": 5 * CLUSTERS, "crowded_cluster_images": 5,
+                                 "cells": total_cells}
 
 
 def test_same_seed_same_bytes_other_seed_other_images(dataset, tmp_path):
@@ -101,15 +126,73 @@ def test_polygons_are_inside_their_image_and_nucleus_inside_cell(dataset):
                 assert inside(cyt, nuc, min_distance=0.5), f"{name} {cluster}_{cell}: nucleus leaves the cell"
 
 
-def test_cells_in_a_cluster_do_not_overlap(dataset):
+def test_crowded_clusters_are_every_third_from_002():
+    assert [k + 1 for k in range(12) if is_crowded(k)] == [2, 5, 8, 11]
+    assert [k + 1 for k in range(4) if is_crowded(k, crowded_every=2)] == [2, 4]
+    assert all(is_crowded(k, crowded_every=1) for k in range(4))
+    assert not any(is_crowded(k, crowded_every=0) for k in range(4))
+    with pytest.raises(UserError, match="crowded_every"):
+        dataset_params(2, (2, 4), (384, 288), 0, crowded_every=-1)
+
+
+def test_cells_in_a_sparse_cluster_do_not_overlap(dataset):
     for name in SIPAKMED_CLASSES:
         folder = class_dir(dataset, name)
-        for cluster in {c for c, _ in cells_of(dataset, name)}:
+        for cluster in clusters_of(dataset, name, crowded=False):
             polygons = [read_dat(p) for p in sorted(folder.glob(f"{cluster}_cyt*.dat"))]
             for i, a in enumerate(polygons):
                 for b in polygons[i + 1:]:
                     assert not inside(a, b[:1]) and not inside(b, a[:1])  # neither contains the other
                     assert not any(inside(a, [p]) for p in b) and not any(inside(b, [p]) for p in a)
+            _, cells, _ = cluster_masks(dataset, name, cluster)
+            assert all(not (cells[i] & cells[j]).any() for i, j in pairs(cells))
+
+
+def test_crowded_cluster_is_a_clump_of_touching_and_overlapping_cells(dataset):
+    for name in SIPAKMED_CLASSES:
+        [cluster] = clusters_of(dataset, name, crowded=True)
+        _, cells, _ = cluster_masks(dataset, name, cluster)
+        assert len(cells) >= 4, f"{name} {cluster}: a clump of {len(cells)} cells"
+        overlaps = {(i, j): np.count_nonzero(cells[i] & cells[j]) for i, j in pairs(cells)}
+        assert max(overlaps.values()) > 0, f"{name} {cluster}: no two cells overlap"
+        for (i, j), shared in overlaps.items():  # overlap is controlled: no cell is mostly under another
+            assert shared <= 0.5 * min(cells[i].sum(), cells[j].sum()), f"{name} {cluster}: cells {i + 1}, {j + 1}"
+        for i, cell in enumerate(cells):  # every cell touches (within 3 px) or overlaps another one
+            grown = cv2.dilate(cell.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+            assert any((grown & other).any() for j, other in enumerate(cells) if j != i), \
+                f"{name} {cluster}: cell {i + 1} touches no other"
+
+
+def test_every_nucleus_is_inside_its_own_cell_and_under_no_other(dataset):
+    for name in SIPAKMED_CLASSES:
+        for cluster in {c for c, _ in cells_of(dataset, name)}:
+            _, cells, nuclei = cluster_masks(dataset, name, cluster)
+            assert len(nuclei) == len(cells)
+            for i, nucleus in enumerate(nuclei):
+                area = np.count_nonzero(nucleus)
+                assert np.count_nonzero(nucleus & cells[i]) >= 0.95 * area, f"{name} {cluster}: nucleus {i + 1}"
+                for j, cell in enumerate(cells):
+                    if j != i:
+                        where = f"{name} {cluster}: nucleus {i + 1} and cell {j + 1}"
+                        assert np.count_nonzero(nucleus & cell) <= 0.05 * area, f"{where}: nucleus under the cell"
+                        assert not (nucleus & nuclei[j]).any(), f"{where}: the nuclei overlap"
+
+
+def test_overlapping_translucent_cells_look_darker(dataset):
+    name = "im_Superficial-Intermediate"  # the most translucent cytoplasm
+    [cluster] = clusters_of(dataset, name, crowded=True)
+    image, cells, nuclei = cluster_masks(dataset, name, cluster)
+    brightness = image.astype(np.float32).sum(axis=2)
+    any_nucleus = np.any(nuclei, axis=0)
+    compared = 0
+    for i, j in pairs(cells):  # cell j is painted over cell i
+        shared = cells[i] & cells[j] & ~any_nucleus
+        if np.count_nonzero(shared) < 100:
+            continue
+        only_j = cells[j] & ~np.any([c for k, c in enumerate(cells) if k != j], axis=0) & ~any_nucleus
+        assert brightness[shared].mean() < brightness[only_j].mean() - 10, f"cells {i + 1}, {j + 1}"
+        compared += 1
+    assert compared, "no two cells overlap by 100 px or more"
 
 
 def test_crop_coordinates_are_cluster_coordinates_minus_crop_offset(dataset):

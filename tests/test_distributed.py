@@ -10,7 +10,7 @@ import torch
 
 import distributed_toy
 from tools import distributed
-from tools.engine import load_checkpoint
+from tools.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,11 +17,10 @@ import torch
 import evaluate
 import main_classify
 import main_segment
-from tools.data_loader import ground_truth_masks, read_records
-from tools.datasets import SKIPPED_CELLS_FILE
-from tools.engine import RunState, check_resume_compatible
-from tools.errors import UserError
-from tools.splits import default_manifest_path, load_split
+from tools.layouts import read_records
+from tools.masks import ground_truth_masks
+from tools.run_dir import RunPaths
+from tools.splits import load_split
 from utils.preprocessing import read_image
 
 CPU = ["--workers", "0", "--device", "cpu"]
@@ -228,15 +227,16 @@ def test_data_root_without_a_known_layout(tmp_path, capsys):
                       root, "no known data layout found", "point --data-root at the folder that holds the class folders")
 
 
-def test_data_root_that_does_not_exist(tmp_path, capsys):
+def test_data_root_that_does_not_exist(trained, tmp_path, capsys):
+    # evaluate.py loads the checkpoints first (the classifier's split manifest decides which cells it may score)
     root = tmp_path / "nowhere"
-    expect_user_error(capsys, evaluate.main, ["--data-root", root, "--output-dir", tmp_path / "run", *CPU],
+    expect_user_error(capsys, evaluate.main, evaluate_args(root, tmp_path / "run", trained),
                       root, "data root does not exist", "pass --data-root")
 
 
 def test_manifest_that_no_longer_matches_the_files(paired_root, tmp_path, capsys):
     root, out = copy_tree(paired_root, tmp_path), tmp_path / "run"
-    manifest = default_manifest_path(out, root)
+    manifest = RunPaths(out).manifest(root)
     load_split(read_records(root)[0], manifest, root, "paired")
     for name in ("3.BMP", "3N.png", "3C.png"):
         (root / "normal" / name).unlink()
@@ -284,14 +284,6 @@ def test_resume_with_another_backbone_names_both(paired_root, trained, tmp_path,
                       "drop --resume")
 
 
-def test_resume_with_other_classes_is_refused():
-    """Same class count, other names: the weights would load, and every label would silently mean another class."""
-    checkpoint = {"model_config": {"backbone": "b", "num_classes": 2}, "class_names": ["a", "b"]}
-    check_resume_compatible(Path("c.pth"), checkpoint, RunState("classification", {}, {"backbone": "b", "num_classes": 2}, ["a", "b"]))
-    with pytest.raises(UserError, match=r"c\.pth: cannot resume.*class_names \['a', 'b'\].*class_names \['a', 'c'\]"):
-        check_resume_compatible(Path("c.pth"), checkpoint, RunState("classification", {}, checkpoint["model_config"], ["a", "c"]))
-
-
 # ---------------------------------------------------------------- output folder
 
 @pytest.mark.parametrize("script", ["segment", "classify", "evaluate"])
@@ -301,7 +293,28 @@ def test_output_folder_under_a_file(paired_root, tmp_path, capsys, script):
     argv = {"segment": segment_args(paired_root, out), "classify": classify_args(paired_root, out),
             "evaluate": ["--data-root", paired_root, "--output-dir", out, *CPU]}[script]
     main = {"segment": main_segment.main, "classify": main_classify.main, "evaluate": evaluate.main}[script]
-    expect_user_error(capsys, main, argv, out, "output folder cannot be written", "pass a writable --output-dir")
+    expect_user_error(capsys, main, argv, out, "output folder cannot be written", "pass a writable --run-dir")
+
+
+def test_run_folder_inside_the_data_root(paired_root, tmp_path, capsys):
+    root = copy_tree(paired_root, tmp_path)
+    expect_user_error(capsys, main_classify.main, classify_args(root, root / "run"), root / "run",
+                      "lies inside --data-root", "pass a --run-dir outside the data")
+    assert not (root / "run").exists()  # refused before anything was written there
+
+
+@pytest.mark.parametrize("script,flags,fragment", [
+    ("classify", ["--batch-size", "1"], "--batch-size 1: the classifier's BatchNorm layers need at least 2"),
+    ("classify", ["--epochs", "0"], "argument --epochs: 0 is out of range; expected a whole number >= 1"),
+    ("segment", ["--lr", "-1"], "argument --lr: -1 is out of range; expected a number > 0"),
+    ("segment", ["--img-size", "100"], "argument --img-size: 100 is out of range; expected a multiple of 32"),
+])
+def test_out_of_range_flags_stop_at_the_command_line(paired_root, tmp_path, capsys, script, flags, fragment):
+    main, args = {"segment": (main_segment.main, segment_args), "classify": (main_classify.main, classify_args)}[script]
+    with pytest.raises(SystemExit) as exit_info:
+        run(main, [*args(paired_root, tmp_path / "run"), *flags])
+    assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders anyway")
@@ -310,7 +323,7 @@ def test_read_only_output_folder(paired_root, tmp_path, capsys):
     locked.mkdir(mode=0o500)
     try:
         expect_user_error(capsys, main_segment.main, segment_args(paired_root, locked / "run"),
-                          "locked", "output folder cannot be written", "pass a writable --output-dir")
+                          "locked", "output folder cannot be written", "pass a writable --run-dir")
     finally:
         locked.chmod(0o700)
 
@@ -337,13 +350,13 @@ def test_skip_bad_trains_and_exports_without_the_bad_cells(demo_root, tmp_path, 
 
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped ")]
     assert len(printed) == 1 and printed[0].startswith("skipped 4 bad cells: ")
-    listed = (out / SKIPPED_CELLS_FILE).read_text().splitlines()
+    listed = RunPaths(out).skipped_cells.read_text().splitlines()
     assert len(listed) == 4
     for _, at_fault in bad.values():
         assert str(at_fault) in printed[0] and any(line.startswith(str(at_fault)) for line in listed)
 
     records = read_records(root, skip_bad=True)[0]
-    manifest = json.loads(default_manifest_path(out, root).read_text())
+    manifest = json.loads(RunPaths(out).manifest(root).read_text())
     assert {s["id"] for s in manifest["samples"]} == {r.sample_id for r in records}  # bad cells listed, not used
     bad_images = {crop for crop, _ in bad.values()}
     for record in records:
@@ -357,7 +370,7 @@ def test_skip_bad_trains_and_exports_without_the_bad_cells(demo_root, tmp_path, 
 def test_skip_bad_keeps_the_split_and_serves_every_script(paired_root, trained, tmp_path, capsys):
     """Cells break after the manifest was made: the manifest still holds, training and evaluation leave them out."""
     root, out = copy_tree(paired_root, tmp_path), tmp_path / "run"
-    split = load_split(read_records(root)[0], default_manifest_path(out, root), root, "paired")
+    split = load_split(read_records(root)[0], RunPaths(out).manifest(root), root, "paired")
     first, second, third = (r.image_path for r in split["train"][:3])
     first.with_name(f"{first.stem}C.png").unlink()  # found while the records are read
     cv2.imwrite(str(second.with_name(f"{second.stem}N.png")), np.zeros((10, 10), np.uint8))  # found when decoded
@@ -366,7 +379,9 @@ def test_skip_bad_keeps_the_split_and_serves_every_script(paired_root, trained, 
     run(main_classify.main, classify_args(root, out, "--skip-bad", "--mask-source", "gt"))
     printed = capsys.readouterr().out
     assert "skipped 3 bad cells: " in printed and f"{len(split['train']) - 3} train / 2 val cells" in printed
-    assert len((out / SKIPPED_CELLS_FILE).read_text().splitlines()) == 3
+    assert len(RunPaths(out).skipped_cells.read_text().splitlines()) == 3
 
-    run(evaluate.main, evaluate_args(root, out, trained, "--skip-bad"))  # the test split, untouched
+    # the test split, untouched, scored by the classifier trained on this split (evaluate.py refuses any other)
+    run(evaluate.main, evaluate_args(root, out, trained, "--skip-bad",
+                                     "--cls-checkpoint", out / "checkpoints" / "classification_best.pth"))
     assert read_metrics(out)["num_cells"] == len(split["test"])

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from tools.files import written_atomically
+from utils.files import written_atomically
 
 
 def test_written_atomically_replaces_the_file_and_leaves_no_temporary(tmp_path):

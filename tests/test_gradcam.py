@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 from model.classification_model import ConvNeXtAttentionClassifier
 from tools.gradcam import grad_cam
-from utils.visualization import blend_heatmap
 
 
 def tiny_classifier():
@@ -52,14 +51,3 @@ def test_heatmaps_at_input_size_in_unit_range():
     assert heatmaps.shape == (2, 64, 64)
     assert heatmaps.min() >= 0.0 and heatmaps.max() <= 1.0 + 1e-6 and not torch.isnan(heatmaps).any()
     assert all(p.grad is None for p in model.parameters())  # explaining leaves no gradients behind
-
-
-def test_blend_heatmap_colours_hot_red_and_keeps_the_image_at_zero_alpha():
-    image = np.full((4, 6, 3), 100, np.uint8)
-    heat = np.zeros((4, 6), np.float32)
-    heat[:, 3:] = 1.0
-    blended = blend_heatmap(image, heat, alpha=1.0)
-    assert blended.shape == image.shape and blended.dtype == np.uint8
-    red, green, blue = blended[0, 5].astype(int)
-    assert red > 100 and red > blue and blended[0, 0, 2] > blended[0, 0, 0]  # hot: red; cold: blue (jet)
-    assert np.array_equal(blend_heatmap(image, heat, alpha=0.0), image)

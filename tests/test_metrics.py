@@ -8,6 +8,7 @@ import torch
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
+    cohen_kappa_score,
     confusion_matrix,
     f1_score,
     jaccard_score,
@@ -16,15 +17,15 @@ from sklearn.metrics import (
 )
 
 from tools.metrics import (
+    HERLEV_GRADE_ORDER,
     SegmentationMeter,
     binary_metrics,
     classification_metrics,
-    dice_score,
+    default_class_order,
     expected_calibration_error,
-    iou_score,
+    grade_metrics,
     most_confused_pairs,
-    pixel_accuracy,
-    roc_curve,
+    overlap_scores,
 )
 
 CLASS_NAMES = [
@@ -45,25 +46,26 @@ def test_scores_on_hand_computed_masks():
                        [1, 1, 0],
                        [0, 0, 1]])
     # intersection 2, |pred| 3, |target| 4, union 5, agreeing pixels 6 of 9
-    assert dice_score(pred, target) == pytest.approx(4 / 7)
-    assert iou_score(pred, target) == pytest.approx(2 / 5)
-    assert pixel_accuracy(pred, target) == pytest.approx(6 / 9)
+    scores = overlap_scores(pred, target)
+    assert scores["dice"] == pytest.approx(4 / 7)
+    assert scores["iou"] == pytest.approx(2 / 5)
+    assert scores["pixel_acc"] == pytest.approx(6 / 9)
 
 
 def test_empty_mask_conventions():
     empty = np.zeros((4, 5), dtype=bool)
     full = np.ones((4, 5), dtype=bool)
-    assert dice_score(empty, empty) == 1.0
-    assert iou_score(empty, empty) == 1.0
-    assert pixel_accuracy(empty, empty) == 1.0
-    assert dice_score(empty, full) == 0.0
-    assert iou_score(full, empty) == 0.0
-    assert pixel_accuracy(empty, full) == 0.0
+    assert overlap_scores(empty, empty)["dice"] == 1.0
+    assert overlap_scores(empty, empty)["iou"] == 1.0
+    assert overlap_scores(empty, empty)["pixel_acc"] == 1.0
+    assert overlap_scores(empty, full)["dice"] == 0.0
+    assert overlap_scores(full, empty)["iou"] == 0.0
+    assert overlap_scores(empty, full)["pixel_acc"] == 0.0
 
 
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError):
-        dice_score(np.zeros((3, 3)), np.zeros((3, 4)))
+        overlap_scores(np.zeros((3, 3)), np.zeros((3, 4)))
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -71,17 +73,18 @@ def test_scores_match_sklearn_on_random_masks(seed):
     rng = np.random.default_rng(seed)
     pred = rng.random((32, 48)) < 0.3
     target = rng.random((32, 48)) < 0.4
-    assert dice_score(pred, target) == pytest.approx(f1_score(target.ravel(), pred.ravel()))
-    assert iou_score(pred, target) == pytest.approx(jaccard_score(target.ravel(), pred.ravel()))
-    assert pixel_accuracy(pred, target) == pytest.approx(accuracy_score(target.ravel(), pred.ravel()))
+    scores = overlap_scores(pred, target)
+    assert scores["dice"] == pytest.approx(f1_score(target.ravel(), pred.ravel()))
+    assert scores["iou"] == pytest.approx(jaccard_score(target.ravel(), pred.ravel()))
+    assert scores["pixel_acc"] == pytest.approx(accuracy_score(target.ravel(), pred.ravel()))
 
 
 def test_scores_accept_torch_tensors():
     rng = np.random.default_rng(0)
     pred = rng.random((16, 16)) < 0.5
     target = rng.random((16, 16)) < 0.5
-    assert dice_score(torch.from_numpy(pred), torch.from_numpy(target).float()) == pytest.approx(
-        dice_score(pred, target)
+    assert overlap_scores(torch.from_numpy(pred), torch.from_numpy(target).float()) == pytest.approx(
+        overlap_scores(pred, target)
     )
 
 
@@ -106,17 +109,17 @@ def test_meter_averages_per_image_over_different_sizes():
     results = meter.compute()
 
     for head, pairs in (("cyt", cyt_pairs), ("nuc", nuc_pairs)):
-        assert results[f"dice_{head}"] == pytest.approx(np.mean([dice_score(p, t) for p, t in pairs]))
-        assert results[f"iou_{head}"] == pytest.approx(np.mean([iou_score(p, t) for p, t in pairs]))
+        assert results[f"dice_{head}"] == pytest.approx(np.mean([overlap_scores(p, t)["dice"] for p, t in pairs]))
+        assert results[f"iou_{head}"] == pytest.approx(np.mean([overlap_scores(p, t)["iou"] for p, t in pairs]))
         assert results[f"pixel_acc_{head}"] == pytest.approx(
-            np.mean([pixel_accuracy(p, t) for p, t in pairs])
+            np.mean([overlap_scores(p, t)["pixel_acc"] for p, t in pairs])
         )
     assert results["dice_mean"] == pytest.approx((results["dice_cyt"] + results["dice_nuc"]) / 2)
     # Per-image mean, not pixel-pooled: the tiny 7x5 image weighs as much as the 64x64 one.
-    pooled = dice_score(
+    pooled = overlap_scores(
         np.concatenate([p.ravel() for p, _ in cyt_pairs]),
         np.concatenate([t.ravel() for _, t in cyt_pairs]),
-    )
+    )["dice"]
     assert results["dice_cyt"] != pytest.approx(pooled)
 
 
@@ -130,7 +133,7 @@ def test_meter_accepts_batched_torch_tensors_and_skips_unused_heads():
     results = meter.compute()
 
     assert set(results) == {"dice_nuc", "iou_nuc", "pixel_acc_nuc", "dice_mean"}
-    expected = np.mean([dice_score(p, t) for p, t in zip(preds, targets)])
+    expected = np.mean([overlap_scores(p, t)["dice"] for p, t in zip(preds, targets)])
     assert results["dice_nuc"] == pytest.approx(expected)
     assert results["dice_mean"] == pytest.approx(expected)
 
@@ -167,15 +170,16 @@ def _random_problem(seed, n=200, k=6, absent_class=None, never_predicted=None, t
 def _assert_matches_sklearn(labels, probs):
     k = probs.shape[1]
     all_labels = list(range(k))
+    present_labels = sorted(set(labels.tolist()))
     preds = probs.argmax(axis=1)
     result = classification_metrics(labels, probs, CLASS_NAMES[:k])
 
     assert result["accuracy"] == pytest.approx(accuracy_score(labels, preds))
     assert result["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, preds))
-    # The module averages over all K classes, i.e. sklearn with labels=range(K).
+    # Macro and weighted averages run over the classes present in y_true, i.e. sklearn with labels=sorted(set(y_true)).
     for average in ("macro", "weighted"):
         p, r, f, _ = precision_recall_fscore_support(
-            labels, preds, labels=all_labels, average=average, zero_division=0
+            labels, preds, labels=present_labels, average=average, zero_division=0
         )
         if average == "macro":
             assert result["macro_precision"] == pytest.approx(p)
@@ -248,30 +252,22 @@ def test_classification_metrics_with_class_absent_from_labels(seed):
     assert result["per_class"]["moderate_dysplastic"]["support"] == 0
 
 
-def test_classification_metrics_absent_and_unpredicted_class_counts_in_macro():
-    # Class 2 is neither a label nor a prediction: sklearn's default would drop it
-    # from the macro average, the module keeps all K classes.
+def test_classification_metrics_absent_class_is_listed_but_left_out_of_macro():
+    # Class 2 is neither a label nor a prediction: it has nothing to score, so it is listed
+    # with support 0 and the macro average runs over the classes present in y_true.
     labels = np.array([0, 0, 1, 1])
     probs = np.array([[0.9, 0.1, 0.0], [0.6, 0.4, 0.0], [0.2, 0.8, 0.0], [0.7, 0.3, 0.0]])
     result = classification_metrics(labels, probs, ["a", "b", "c"])
-    assert result["macro_recall"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    assert result["macro_recall"] == pytest.approx((1.0 + 0.5) / 2)
     assert result["balanced_accuracy"] == pytest.approx((1.0 + 0.5) / 2)
     assert result["roc_auc_per_class"]["c"] is None
+    assert result["per_class"]["c"]["support"] == 0
 
 
 def test_roc_auc_none_when_no_class_qualifies():
     result = classification_metrics(np.array([1, 1, 1]), np.full((3, 2), 0.5), ["a", "b"])
     assert result["roc_auc_macro"] is None
     assert result["roc_auc_per_class"] == {"a": None, "b": None}
-
-
-def test_roc_curve_endpoints_and_area():
-    labels, probs = _random_problem(0, tie_levels=5)
-    is_class = labels == 1
-    fpr, tpr = roc_curve(is_class, probs[:, 1])
-    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
-    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
-    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(is_class, probs[:, 1]))
 
 
 # ---------------------------------------------------------------------------
@@ -299,6 +295,47 @@ def test_binary_metrics_hand_built():
         # Abnormal scores 0.8, 0.8, 0.3 vs normal 0.2, 0.6, 0.1: 8 of 9 pairs ordered.
         assert result["roc_auc"] == pytest.approx(8 / 9)
         assert json.loads(json.dumps(result)) == result
+
+
+# ---------------------------------------------------------------------------
+# Grading (ordered classes)
+# ---------------------------------------------------------------------------
+
+HERLEV_CLASSES = sorted(HERLEV_GRADE_ORDER)  # the classifier's order: alphabetical class folders
+
+
+def test_default_class_order_knows_herlev_and_not_sipakmed():
+    assert default_class_order(HERLEV_CLASSES) == list(HERLEV_GRADE_ORDER)
+    six = [c for c in HERLEV_CLASSES if c != "normal_columnar"]  # a class missing from the data set is skipped
+    assert default_class_order(six) == [c for c in HERLEV_GRADE_ORDER if c != "normal_columnar"]
+    assert default_class_order(["im_Dyskeratotic", "im_Koilocytotic", "im_Metaplastic"]) is None
+
+
+def test_grade_metrics_on_a_hand_example():
+    names = ["severe", "mild", "normal"]  # class indices; grades come from the order below
+    order = ["normal", "mild", "severe"]
+    y_true = np.array([2, 2, 1, 0, 0, 1])  # grades 0, 0, 1, 2, 2, 1
+    y_pred = np.array([2, 1, 1, 2, 0, 0])  # grades 0, 1, 1, 0, 2, 2: errors 0, 1, 0, 2, 0, 1
+    result = grade_metrics(y_true, y_pred, names, order)
+    assert result["grade_order"] == order
+    assert result["within_one_grade_accuracy"] == pytest.approx(5 / 6)
+    assert result["mean_absolute_grade_error"] == pytest.approx(4 / 6)
+    expected = cohen_kappa_score([0, 0, 1, 2, 2, 1], [0, 1, 1, 0, 2, 2], weights="quadratic")
+    assert result["quadratic_weighted_kappa"] == pytest.approx(expected)
+    assert json.loads(json.dumps(result)) == result
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_quadratic_weighted_kappa_matches_sklearn_on_ranks(seed):
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, len(HERLEV_CLASSES), 300)
+    y_pred = np.where(rng.random(300) < 0.6, y_true, rng.integers(0, len(HERLEV_CLASSES), 300))
+    rank = np.array([HERLEV_GRADE_ORDER.index(name) for name in HERLEV_CLASSES])
+    result = grade_metrics(y_true, y_pred, HERLEV_CLASSES, HERLEV_GRADE_ORDER)
+    expected = cohen_kappa_score(rank[y_true], rank[y_pred], weights="quadratic")
+    assert result["quadratic_weighted_kappa"] == pytest.approx(expected)
+    assert result["within_one_grade_accuracy"] == pytest.approx(np.mean(np.abs(rank[y_true] - rank[y_pred]) <= 1))
+    assert result["mean_absolute_grade_error"] == pytest.approx(np.mean(np.abs(rank[y_true] - rank[y_pred])))
 
 
 # ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 
 import export_onnx
 from tiny_checkpoints import DEMO_CLASSES, save_untrained_checkpoints
-from tools.inference import load_model
+from tools.checkpoint import load_model
 
 IMG_SIZE = 64
 

@@ -3,21 +3,19 @@ import contextlib
 import csv
 import io
 import json
+import os
 import re
+import socket
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 
 import main_segment
 import predict
 from tiny_checkpoints import DEMO_CLASSES, save_untrained_classification
-from tools.data_loader import CellRecord, ground_truth_masks, read_records
-from tools.datasets import ClassificationDataset, prepare_cells
-from tools.errors import UserError
-from tools.inference import classifier_inputs
+from utils.errors import UserError
 
 TEMPERATURE = 2.0
 GOOD_NAMES = ["a/cell", "b/cell", "gray", "deep/cell16"]
@@ -151,16 +149,6 @@ def test_bad_checkpoint_is_a_usage_error(run_dir, input_dir, tmp_path, capsys):
     assert "expected segmentation" in capsys.readouterr().err
 
 
-def test_classifier_input_is_built_as_in_training(demo_root, tmp_path):
-    records, _ = read_records(demo_root)
-    record: CellRecord = records[0]
-    image = cv2.cvtColor(cv2.imread(str(record.image_path)), cv2.COLOR_BGR2RGB)
-    masks = ground_truth_masks(record, image.shape[:2])
-    dataset = ClassificationDataset(prepare_cells([record], 64), DEMO_CLASSES, train=False)
-    inputs, _ = classifier_inputs([image], [masks], 64)
-    assert torch.equal(inputs[0], dataset[0][0])
-
-
 def test_find_images_walks_folders_and_globs_and_skips_earlier_outputs(input_dir, tmp_path):
     outputs = input_dir / "outputs"  # predictions written inside an input folder must not come back as inputs
     found = predict.find_images([str(input_dir)], exclude=outputs)
@@ -169,6 +157,26 @@ def test_find_images_walks_folders_and_globs_and_skips_earlier_outputs(input_dir
     assert [p.name for p in predict.find_images([str(input_dir / "*" / "*.png")], exclude=outputs)] == ["cell.png", "cell.png"]
     with pytest.raises(UserError, match="nowhere.png"):
         predict.find_images([str(input_dir / "nowhere.png")], exclude=outputs)
+
+
+def test_find_images_leaves_out_the_masks_of_a_paired_layout(paired_root, tmp_path):
+    found = predict.find_images([str(paired_root)], exclude=tmp_path / "outputs")
+    assert sorted(p.relative_to(paired_root).as_posix() for p in found) == [
+        f"{c}/{n}.BMP" for c in ("abnormal", "normal") for n in range(1, 7)]
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    cv2.imwrite(str(lone / "7N.png"), np.zeros((4, 4), np.uint8))  # no 7.bmp beside it: an image like any other
+    assert [p.name for p in predict.find_images([str(lone)], exclude=tmp_path / "outputs")] == ["7N.png"]
+
+
+def test_the_output_folder_is_locked_while_predicting(run_dir, input_dir, tmp_path, capsys):
+    (tmp_path / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": "x"}))
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(input_dir / "gray.bmp"), "--run-dir", str(run_dir), "--output-dir", str(tmp_path), "--device", "cpu"])
+    assert exit_info.value.code == 2 and "another run" in capsys.readouterr().err
+    (tmp_path / ".lock").unlink()
+    code, _ = run_predict([str(input_dir / "gray.bmp"), "--run-dir", str(run_dir), "--output-dir", str(tmp_path), "--device", "cpu"])
+    assert code == 0 and not (tmp_path / ".lock").exists()  # taken while running, removed at exit
 
 
 def test_output_names_never_collide(tmp_path):

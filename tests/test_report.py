@@ -91,6 +91,13 @@ def test_report_is_self_contained_with_every_section(tmp_path):
     assert "<td>&lt;abnormal&gt;</td><td>normal_a</td><td>1</td><td>50%</td>" in text  # the most confused pair
 
 
+def test_report_notes_a_temperature_stopped_at_its_bound(tmp_path):
+    results = synthetic_results()
+    assert "stopped at a bound" not in write_report(tmp_path / "inside.html", results, {}, []).read_text()
+    results["calibration"]["at_bound"] = True
+    assert "stopped at a bound" in write_report(tmp_path / "bound.html", results, {}, []).read_text()
+
+
 def test_worst_errors_are_the_most_confident_mistakes():
     labels = np.array([0, 0, 1, 1, 2])
     probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.05, 0.05, 0.9], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1]])
@@ -113,6 +120,8 @@ def test_evaluate_reports_calibration(evaluation):
     assert calibration["temperature"] == 2.0
     assert 0.0 <= calibration["ece_before"] <= 1.0 and 0.0 <= calibration["ece_after"] <= 1.0
     assert calibration["ece_before"] != calibration["ece_after"]  # the temperature was applied
+    assert calibration["at_bound"] is False  # T = 2 lies inside the fitting range
+    assert "quadratic_weighted_kappa" not in metrics["classification"]  # SIPaKMeD's classes are kinds, not grades
     assert (evaluation / "reliability.png").read_bytes().startswith(PNG_SIGNATURE)
 
 

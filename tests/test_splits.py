@@ -2,22 +2,19 @@
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from tools.data_loader import CellRecord
-from tools.errors import UserError
+from tools.layouts import CellRecord
 from tools.splits import (
     SPLITS,
     assign_splits,
-    default_manifest_path,
     load_split,
-    open_split,
     read_manifest,
     write_manifest,
 )
+from utils.errors import UserError
 
 FRACTIONS = (0.7, 0.15, 0.15)
 
@@ -159,23 +156,18 @@ def test_load_split_writes_the_manifest_only_once(tmp_path, records, capsys):
     assert sorted(ids) == sorted(r.sample_id for r in records)
 
 
-def test_default_manifest_path_is_per_data_root(tmp_path):
-    a = default_manifest_path(tmp_path / "run", tmp_path / "data" / "herlev")
-    b = default_manifest_path(tmp_path / "run", tmp_path / "other" / "herlev")
-    assert a.parent == tmp_path / "run" / "splits" and a.name.startswith("herlev-") and a.suffix == ".json"
-    assert a != b
-    assert a == default_manifest_path(tmp_path / "run", tmp_path / "data" / "x" / ".." / "herlev")
+@pytest.mark.parametrize("groups", [3, 4, 5, 8])
+def test_a_class_of_three_groups_or_more_gets_val_and_test(groups):
+    """A class missing from test would go unscored; 3 groups are enough for one in each split."""
+    records = synthetic_records(groups_per_class=(60, groups), max_group_size=1)
+    for seed in range(10):
+        assignment = assign_splits(records, FRACTIONS, seed)
+        small = [assignment[r.group] for r in records if r.label == "class1"]
+        assert set(small) == set(SPLITS), (groups, seed, small)
+        assert small.count("train") >= groups - 2
 
 
-def test_open_split_on_the_demo_data(tmp_path, demo_root):
-    args = SimpleNamespace(data_root=demo_root, layout="auto", sipakmed_source="cropped", nuc_suffix="N.png",
-                           cyt_suffix="C.png", split_file=None, output_dir=tmp_path, split_seed=0)
-    split = open_split(args)
-    assert split.layout == "sipakmed"
-    assert sum(len(v) for v in split.by_split.values()) == len(split.records)
-    assert split.by_split["train"] and split.by_split["val"]
-    group_split = {}
-    for name, records in split.by_split.items():
-        for record in records:
-            assert group_split.setdefault(record.group, name) == name  # no cluster image in two splits
-    assert default_manifest_path(tmp_path, demo_root).exists()
+def test_a_class_of_fewer_groups_stays_in_train():
+    records = synthetic_records(groups_per_class=(60, 1), max_group_size=3)
+    assignment = assign_splits(records, FRACTIONS, seed=0)
+    assert {assignment[r.group] for r in records if r.label == "class1"} == {"train"}

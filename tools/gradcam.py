@@ -4,19 +4,20 @@ The map is taken on the classifier's last stage as the head sees it: forward_fea
 backbone's last stage after the SE recalibration, and forward() = head(forward_features()), so
 calling the two halves explicitly gives the feature map and its gradient without hooks.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 
-def grad_cam(model, inputs: torch.Tensor, class_indices: Sequence[int]) -> torch.Tensor:
+def grad_cam(model, inputs: torch.Tensor, class_indices: Sequence[int], measurements: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Grad-CAM of one class per input, upsampled to the input's size.
 
     Args:
         model: a ConvNeXtAttentionClassifier in eval mode (BatchNorm then treats every cell on its own).
         inputs: [B, 5, S, S] classifier inputs, on the model's device.
         class_indices: B class indices, the class to explain for each input (usually the predicted one).
+        measurements: [B, F] cell measurements, for a classifier that takes them (they are not explained).
 
     Returns:
         heatmaps [B, S, S] float in [0, 1] on the CPU; 1 is the strongest evidence for the class in that cell,
@@ -25,7 +26,8 @@ def grad_cam(model, inputs: torch.Tensor, class_indices: Sequence[int]) -> torch
     classes = torch.as_tensor(list(class_indices), dtype=torch.long, device=inputs.device)
     with torch.enable_grad():
         features = model.forward_features(inputs)  # [B, C, S/32, S/32]
-        logits = model.head(features)  # [B, K]
+        extra = model.measurements(measurements) if model.measurements is not None else None
+        logits = model.head(features, extra)  # [B, K]
         # Cells are independent in eval mode, so the gradient of the summed scores is each cell's own gradient
         class_scores = logits.gather(1, classes[:, None]).sum()
         (gradients,) = torch.autograd.grad(class_scores, features)

@@ -1,34 +1,30 @@
-"""Running trained models on cells: rebuild from a checkpoint, predict masks and classes in batches."""
+"""Inference: both trained stages as one pipeline, used by predict.py, evaluate.py, main_segment.py's mask
+export, calibration and the field mode.
+
+A `CellPipeline` holds two backends, functions from a float32 batch to logits:
+  segmenter   image [B, 3, S, S] (letterboxed, ImageNet-normalised)   -> [B, 2, S, S] logits (cyt, nuc)
+  classifier  cell [B, 5, S, S] (that image + cell and nucleus masks)  -> [B, K] logits
+run either by PyTorch (TorchBackend, from the checkpoints) or by ONNX Runtime (OnnxBackend, from the
+files tools/onnx_export.py writes). Around them the pipeline letterboxes, averages the flips (the
+identity and the two mirror images, batched into one call), undoes the letterbox, cleans the masks,
+builds the classifier's input as training does and scales the logits by the fitted temperature.
+torch is imported only where a TorchBackend is built: the ONNX path never loads it.
+"""
+import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from model.classification_model import ConvNeXtAttentionClassifier
-from model.segmentation_model import HEADS, DualHeadAttConvNeXtUNet
-from tools.data_loader import CellRecord, load_image
-from tools.engine import autocast, autocast_dtype, load_checkpoint
-from tools.errors import UserError
-from utils.preprocessing import (LetterboxBox, fill_holes, largest_component, letterbox, normalize_image, read_mask,
+from utils.errors import UserError
+from utils.files import file_sha1
+from utils.preprocessing import (LetterboxBox, cell_channels, fill_holes, largest_component, letterbox, normalize_image,
                                  unletterbox)
 
 MASK_THRESHOLD = 0.5
-
-
-def load_model(path: Path, stage: str, device: torch.device):
-    """Rebuild a model from its checkpoint. Returns (model in eval mode on device, checkpoint dict)."""
-    checkpoint = load_checkpoint(path, stage)
-    factory = DualHeadAttConvNeXtUNet if stage == "segmentation" else ConvNeXtAttentionClassifier
-    model = factory(**checkpoint["model_config"])
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        detail = " ".join(str(error).split())[:200]  # the first line is only a header; the keys follow it
-        raise UserError(f"{path}: weights do not fit the model described in the checkpoint ({detail}); retrain")
-    return model.to(device).eval(), checkpoint
+FLIPS = ((), (-1,), (-2,))  # identity, horizontal, vertical: cells have no preferred orientation
+Backend = Callable[[np.ndarray], np.ndarray]
 
 
 def batched(items: Sequence, batch_size: int) -> Iterator[Sequence]:
@@ -36,35 +32,27 @@ def batched(items: Sequence, batch_size: int) -> Iterator[Sequence]:
         yield items[start:start + batch_size]
 
 
-FLIP_DIMS = ((), (-1,), (-2,))  # identity, horizontal, vertical: cells have no preferred orientation
+def flip_views(batch: np.ndarray) -> np.ndarray:
+    """[B, C, S, S] -> [V * B, C, S, S]: every flip of FLIPS of the batch, stacked for one backend call."""
+    return np.concatenate([np.flip(batch, dims) if dims else batch for dims in FLIPS])
 
 
-def flip_averaged(predict, inputs: torch.Tensor, device: torch.device, spatial_output: bool) -> torch.Tensor:
-    """Test-time augmentation: average predictions over flips (flipped back when the output is a map)."""
-    amp_dtype = autocast_dtype(device)
-    total = 0
-    with autocast(device, amp_dtype):
-        for dims in FLIP_DIMS:
-            output = predict(inputs.flip(dims) if dims else inputs).float()
-            total = total + (output.flip(dims) if dims and spatial_output else output)
-    return total / len(FLIP_DIMS)
+def split_views(outputs: np.ndarray, spatial: bool) -> np.ndarray:
+    """[V * B, ...] -> [V, B, ...], each spatial view flipped back to the identity's orientation."""
+    views = outputs.reshape(len(FLIPS), -1, *outputs.shape[1:])
+    if spatial:
+        views = np.stack([np.flip(view, dims) if dims else view for view, dims in zip(views, FLIPS)])
+    return views
 
 
-@torch.no_grad()
-def predict_mask_probs(model, images: Sequence[np.ndarray], size: int, device: torch.device) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Cell and nucleus probabilities [H, W] for a batch of RGB images, each at its own size."""
-    boxed = [letterbox(image, [], size) for image in images]
-    batch = torch.from_numpy(np.stack([normalize_image(canvas) for canvas, _, _ in boxed])).to(device)
-    def head_probs(x: torch.Tensor) -> torch.Tensor:
-        logits = model(x)
-        return torch.cat([torch.sigmoid(logits[head].float()) for head in HEADS], dim=1)  # [B, 2, S, S]: cyt, nuc
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
 
-    probs = flip_averaged(head_probs, batch, device, spatial_output=True)
-    cell_probs, nuc_probs = probs[:, 0].cpu().numpy(), probs[:, 1].cpu().numpy()
-    return [
-        (unletterbox(cell_probs[i], box, image.shape[:2]), unletterbox(nuc_probs[i], box, image.shape[:2]))
-        for i, (image, (_, _, box)) in enumerate(zip(images, boxed))
-    ]
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = logits / temperature
+    scaled = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    return scaled / scaled.sum(axis=-1, keepdims=True)
 
 
 def masks_from_probs(cell_prob: np.ndarray, nuc_prob: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -78,85 +66,201 @@ def masks_from_probs(cell_prob: np.ndarray, nuc_prob: np.ndarray) -> Tuple[np.nd
     return cell_mask | nuc_mask, nuc_mask
 
 
-def mask_paths(masks_dir: Path, record: CellRecord) -> Tuple[Path, Path]:
-    return masks_dir / f"{record.sample_id}_cyt.png", masks_dir / f"{record.sample_id}_nuc.png"
+@dataclass
+class CellPrediction:
+    cell_mask: np.ndarray  # bool [H, W], whole cell
+    nuc_mask: np.ndarray  # bool [H, W]
+    probs: Optional[np.ndarray] = None  # [K] calibrated class probabilities (None without a classifier)
+    view_logits: Optional[np.ndarray] = None  # [V, K] logits of the flips, for other temperatures
+    box: Optional[LetterboxBox] = None  # where the cell sits in the classifier's square
 
 
-def iter_predicted_masks(model, records: Sequence[CellRecord], size: int, device: torch.device, batch_size: int = 16,
-                         desc: str = "predicting masks") -> Iterator[Tuple[CellRecord, np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (record, RGB image, cell mask, nucleus mask) for every record, masks at the image's own size."""
-    with tqdm(total=len(records), desc=desc, unit="cell") as progress:
-        for chunk in batched(list(records), batch_size):
-            images = [load_image(r) for r in chunk]
-            for record, image, probs in zip(chunk, images, predict_mask_probs(model, images, size, device)):
-                yield (record, image, *masks_from_probs(*probs))
-            progress.update(len(chunk))
+@dataclass
+class CellPipeline:
+    segmenter: Backend
+    seg_size: int  # the segmentation checkpoint's img_size
+    classifier: Optional[Backend] = None
+    cls_size: int = 0  # the classification checkpoint's img_size
+    class_names: Optional[List[str]] = None
+    temperature: float = 1.0  # fitted after training; 1.0 for checkpoints made before calibration
+    measures: bool = False  # the classifier takes cell measurements (tools/morphometry.py) beside the image
+
+    # ------------------------------------------------------------ stage 1
+
+    def mask_probs(self, images: Sequence[np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """Flip-averaged cell and nucleus probabilities [H, W], each at its image's own size."""
+        boxed = [letterbox(image, [], self.seg_size) for image in images]
+        batch = np.stack([normalize_image(canvas) for canvas, _, _ in boxed])  # [B, 3, S, S]
+        probs = sigmoid(split_views(self.segmenter(flip_views(batch)), spatial=True)).mean(axis=0)  # [B, 2, S, S]
+        return [(unletterbox(p[0], box, image.shape[:2]), unletterbox(p[1], box, image.shape[:2]))
+                for p, image, (_, _, box) in zip(probs, images, boxed)]
+
+    def masks(self, images: Sequence[np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """(whole-cell mask, nucleus mask), bool [H, W], per image."""
+        return [masks_from_probs(*probs) for probs in self.mask_probs(images)]
+
+    # ------------------------------------------------------------ stage 2
+
+    def classifier_inputs(self, images: Sequence[np.ndarray],
+                          masks: Sequence[Tuple[np.ndarray, np.ndarray]]) -> Tuple[Tuple[np.ndarray, ...], List[LetterboxBox]]:
+        """The classifier's inputs, built as ClassificationDataset builds them (without augmentation), and the boxes.
+
+        Returns ((cells [B, 5, S, S],) or (cells, measurements [B, F]) when the classifier takes measurements,
+        where each image sits in its square).
+        """
+        channels, boxes = [], []
+        for image, (cell_mask, nuc_mask) in zip(images, masks):
+            canvas, boxed_masks, box = letterbox(image, [cell_mask, nuc_mask], self.cls_size)
+            channels.append(cell_channels(canvas, np.stack(boxed_masks)))
+            boxes.append(box)
+        if not self.measures:
+            return (np.stack(channels),), boxes
+        from tools.morphometry import cell_measurements
+
+        measurements = np.stack([cell_measurements(image, *pair) for image, pair in zip(images, masks)])
+        return (np.stack(channels), measurements), boxes
+
+    def view_logits(self, *inputs: np.ndarray) -> np.ndarray:
+        """Classifier logits [V, B, K] of every flip of the cells (calibration fits its temperature on these).
+
+        inputs: cells [B, 5, S, S], and measurements [B, F] for a classifier that takes them (a flip changes no
+        measurement, so they are repeated for every view).
+        """
+        if self.classifier is None:
+            raise UserError("no classifier checkpoint was loaded; train stage 2 (main_classify.py) or pass --cls-checkpoint")
+        cells, *rest = inputs
+        repeated = [np.concatenate([values] * len(FLIPS)) for values in rest]
+        return split_views(self.classifier(flip_views(cells), *repeated), spatial=False)
+
+    def class_probs(self, *inputs: np.ndarray, temperature: Optional[float] = None) -> np.ndarray:
+        """[B, K]: softmax(logits / T) averaged over the flips; T is the fitted temperature unless given."""
+        return softmax(self.view_logits(*inputs), self.temperature if temperature is None else temperature).mean(axis=0)
+
+    # ------------------------------------------------------------ both
+
+    def predict(self, images: Sequence[np.ndarray],
+                masks: Optional[Sequence[Tuple[np.ndarray, np.ndarray]]] = None) -> List[CellPrediction]:
+        """Masks (stage 1, unless given), then, with a classifier, class probabilities on RGB + masks (stage 2)."""
+        masks = self.masks(images) if masks is None else masks
+        if self.classifier is None:
+            return [CellPrediction(cell, nuc) for cell, nuc in masks]
+        inputs, boxes = self.classifier_inputs(images, masks)
+        view_logits = self.view_logits(*inputs)  # [V, B, K]
+        probs = softmax(view_logits, self.temperature).mean(axis=0)
+        return [CellPrediction(cell, nuc, p, v, box)
+                for (cell, nuc), p, v, box in zip(masks, probs, view_logits.transpose(1, 0, 2), boxes)]
 
 
-def export_masks(model, records: Sequence[CellRecord], masks_dir: Path, size: int, device: torch.device,
-                 batch_size: int = 16) -> int:
-    """Write one cell (cytoplasm) and one nucleus PNG (0/255, the image's own size) per record. Returns the count."""
-    written = 0
-    for record, _, cell_mask, nuc_mask in iter_predicted_masks(model, records, size, device, batch_size, "exporting masks"):
-        cyt_path, nuc_path = mask_paths(masks_dir, record)
-        cyt_path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(cyt_path), cell_mask.astype(np.uint8) * 255)
-        cv2.imwrite(str(nuc_path), nuc_mask.astype(np.uint8) * 255)
-        written += 1
-    return written
+# ---------------------------------------------------------------- backends
+
+class TorchBackend:
+    """A model as a function of numpy batches, in eval mode and without gradients (autocast on CUDA)."""
+
+    def __init__(self, model, device):
+        self.model, self.device = model, device
+
+    def __call__(self, *batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        from model.segmentation_model import HEADS
+        from tools.acceleration import autocast, autocast_dtype
+
+        tensors = [torch.from_numpy(np.ascontiguousarray(array)).to(self.device) for array in batch]
+        with torch.no_grad(), autocast(self.device, autocast_dtype(self.device)):
+            outputs = self.model(*tensors)
+        if isinstance(outputs, dict):  # the segmenter's {'cyt', 'nuc'}
+            outputs = torch.cat([outputs[head] for head in HEADS], dim=1)
+        return outputs.float().cpu().numpy()
 
 
-class PredictedMaskFiles:
-    """Mask provider reading the masks that export_masks wrote."""
+def torch_pipeline(seg_checkpoint: Optional[Path], cls_checkpoint: Optional[Path],
+                   device) -> Tuple[CellPipeline, Optional[dict], Optional[dict]]:
+    """The pipeline of two checkpoints (either may be None) run by PyTorch. Returns (pipeline, seg and cls checkpoints)."""
+    from tools.checkpoint import load_model
 
-    def __init__(self, masks_dir: Path):
-        self.masks_dir = Path(masks_dir)
-
-    @property
-    def cache_key(self) -> str:
-        """Where the masks come from, for the cell cache; the files' own stamps come from mask_files."""
-        return f"predicted:{self.masks_dir.resolve()}"
-
-    def mask_files(self, record: CellRecord) -> Tuple[Path, Path]:
-        return mask_paths(self.masks_dir, record)
-
-    def missing(self, records: Sequence[CellRecord]) -> List[CellRecord]:
-        return [r for r in records if not all(p.exists() for p in mask_paths(self.masks_dir, r))]
-
-    def __call__(self, record: CellRecord, shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-        cyt_path, nuc_path = mask_paths(self.masks_dir, record)
-        return read_mask(cyt_path, shape), read_mask(nuc_path, shape)
+    pipeline, seg, cls = CellPipeline(None, 0), None, None
+    if seg_checkpoint is not None:
+        seg_model, seg = load_model(seg_checkpoint, "segmentation", device)
+        pipeline.segmenter, pipeline.seg_size = TorchBackend(seg_model, device), seg["args"]["img_size"]
+    if cls_checkpoint is not None:
+        cls_model, cls = load_model(cls_checkpoint, "classification", device)
+        pipeline.classifier, pipeline.cls_size = TorchBackend(cls_model, device), cls["args"]["img_size"]
+        pipeline.class_names = list(cls["class_names"])
+        pipeline.temperature = float(cls.get("temperature", 1.0))
+        pipeline.measures = bool(cls["model_config"].get("num_measurements"))
+    return pipeline, seg, cls
 
 
-def classifier_inputs(images: Sequence[np.ndarray], masks: Sequence[Tuple[np.ndarray, np.ndarray]],
-                      size: int) -> Tuple[torch.Tensor, List[LetterboxBox]]:
-    """The classifier's input for cells at their own size, built as ClassificationDataset builds it (without augmentation).
+class OnnxBackend:
+    """An exported model run by ONNX Runtime on the CPU, as a function of numpy batches."""
+
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_names = [node.name for node in self.session.get_inputs()]
+        self.metadata = self.session.get_modelmeta().custom_metadata_map
+
+    def __call__(self, *batch: np.ndarray) -> np.ndarray:
+        feed = {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in zip(self.input_names, batch)}
+        outputs = self.session.run(None, feed)
+        return np.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]  # segmenter: [B, 2, S, S]
+
+
+def onnx_backends(onnx_dir: Path, seg_checkpoint: Path, cls_checkpoint: Path, threads: int) -> Tuple[OnnxBackend, OnnxBackend]:
+    """Sessions of <onnx_dir>/{segmentation,classification}.onnx, exported first when absent or made from other checkpoints."""
+    sources = {"segmentation": seg_checkpoint, "classification": cls_checkpoint}
+    for stage, checkpoint in sources.items():
+        if not Path(checkpoint).is_file():
+            from tools.checkpoint import load_checkpoint
+
+            load_checkpoint(checkpoint, stage)  # raises the one-line error that names it
+    backends = {}
+    for attempt in range(2):
+        try:
+            backends = {stage: OnnxBackend(Path(onnx_dir) / f"{stage}.onnx", threads) for stage in sources}
+        except Exception:  # absent or unreadable: export below
+            backends = {}
+        if backends and all(b.metadata.get("source") == file_sha1(sources[s]) for s, b in backends.items()):
+            return backends["segmentation"], backends["classification"]
+        if attempt == 0:
+            from tools.onnx_export import export_run
+
+            print(f"exporting the checkpoints to ONNX in {onnx_dir} (once per checkpoint)")
+            export_run(seg_checkpoint, cls_checkpoint, onnx_dir)
+    raise UserError(f"{onnx_dir}: the ONNX export does not match its checkpoints; delete the folder and run again")
+
+
+def onnx_pipeline(onnx_dir: Path, seg_checkpoint: Path, cls_checkpoint: Path, threads: int) -> CellPipeline:
+    """Both stages run by ONNX Runtime (no torch); the exported files carry sizes, class names and temperature."""
+    segmenter, classifier = onnx_backends(onnx_dir, seg_checkpoint, cls_checkpoint, threads)
+    meta = classifier.metadata
+    return CellPipeline(segmenter, int(segmenter.metadata["img_size"]), classifier, int(meta["img_size"]),
+                        json.loads(meta["class_names"]), float(meta["temperature"]), len(classifier.input_names) > 1)
+
+
+def machine_has_cuda() -> bool:
+    """Whether an NVIDIA driver is loaded, without importing torch (predict.py's start-up)."""
+    return Path("/proc/driver/nvidia").exists()
+
+
+def load_pipeline(seg_checkpoint: Path, cls_checkpoint: Path, onnx_dir: Path, backend: str = "auto",
+                  device_name: str = "auto", threads: Optional[int] = None) -> CellPipeline:
+    """Both stages, run by ONNX Runtime (the CPU's fast path) or PyTorch (GPUs, Grad-CAM).
 
     Args:
-        images: uint8 RGB [H, W, 3], one per cell.
-        masks: (cell mask, nucleus mask), bool [H, W], one pair per cell.
-        size: the classification checkpoint's img_size.
-
-    Returns:
-        (inputs [B, 5, S, S] float: normalised letterboxed RGB, cell mask, nucleus mask (0/1);
-         where each image sits in its square, for unletterbox)
+        backend: 'onnx', 'torch', or 'auto': PyTorch where a CUDA device is asked for or present, else ONNX.
+        threads: ONNX Runtime threads (default: the cores this process may use).
     """
-    channels, boxes = [], []
-    for image, (cell_mask, nuc_mask) in zip(images, masks):
-        canvas, boxed_masks, box = letterbox(image, [cell_mask, nuc_mask], size)
-        channels.append(np.concatenate([normalize_image(canvas), np.stack(boxed_masks).astype(np.float32)]))
-        boxes.append(box)
-    return torch.from_numpy(np.stack(channels)), boxes
+    if backend == "auto":
+        backend = "torch" if device_name.startswith("cuda") or (device_name == "auto" and machine_has_cuda()) else "onnx"
+    if backend == "onnx":
+        import os
 
+        return onnx_pipeline(onnx_dir, seg_checkpoint, cls_checkpoint, threads or len(os.sched_getaffinity(0)))
+    from tools.acceleration import resolve_device
 
-@torch.no_grad()
-def predict_class_probs(model, inputs: torch.Tensor, device: torch.device, temperature: float = 1.0) -> np.ndarray:
-    """Probabilities [B, K] for 5-channel inputs [B, 5, S, S]: softmax(logits / temperature), averaged over flips.
-
-    temperature is the classification checkpoint's "temperature" (fitted on the validation split; 1.0 = raw softmax).
-    """
-    def scaled_softmax(x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(model(x).float() / temperature, dim=1)
-
-    probs = flip_averaged(scaled_softmax, inputs.to(device), device, spatial_output=False)
-    return probs.cpu().numpy()
+    return torch_pipeline(seg_checkpoint, cls_checkpoint, resolve_device(device_name))[0]

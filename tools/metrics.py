@@ -1,84 +1,45 @@
-"""Evaluation metrics for segmentation and classification of Pap-smear cells.
+"""Evaluation metrics: mask overlap per head, classification (scikit-learn), grading, calibration.
 
-Written in plain numpy (no scikit-learn) so that the tests can check every
-number against scikit-learn as an independent reference. The conventions follow
-scikit-learn's defaults with ``zero_division=0`` unless a docstring says otherwise.
+Classification metrics are scikit-learn's. Macro averages run over the classes present among the
+evaluated cells: a class with no cell in the split has nothing to score, and averaging its F1 of 0 in
+would understate every macro number (it is listed with support 0 and left out). Ordinal metrics number
+the grades by their rank among the classifier's classes, in the order that --class-order gives.
 """
-
-from typing import Dict, List, Sequence
+import warnings
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from sklearn import metrics as skm
+
+# ---------------------------------------------------------------- segmentation
 
 
-# ---------------------------------------------------------------------------
-# Segmentation
-# ---------------------------------------------------------------------------
-
-def _to_numpy(array):
-    """Return ``array`` as a numpy array, moving torch tensors to the CPU first."""
+def _to_numpy(array) -> np.ndarray:
+    """`array` as a numpy array, moving torch tensors to the CPU first."""
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
     return np.asarray(array)
 
 
-def _mask_pair(pred, target):
-    pred_mask = _to_numpy(pred).astype(bool)
-    true_mask = _to_numpy(target).astype(bool)
+def overlap_scores(pred, target) -> Dict[str, float]:
+    """Dice, IoU and pixel accuracy of two binary masks of one image.
+
+    Computed from the four pixel counts: the same numbers as sklearn's f1_score and jaccard_score on the
+    flattened masks (tests/test_metrics.py checks), at a small fraction of their per-call cost, which
+    matters at one call per cell and head. Both masks empty: Dice and IoU 1 (nothing to find, nothing found).
+    """
+    pred_mask, true_mask = _to_numpy(pred).astype(bool), _to_numpy(target).astype(bool)
     if pred_mask.shape != true_mask.shape:
         raise ValueError(f"mask shapes differ: {pred_mask.shape} vs {true_mask.shape}")
-    return pred_mask, true_mask
+    both = np.count_nonzero(pred_mask & true_mask)
+    either = np.count_nonzero(pred_mask | true_mask)
+    total = np.count_nonzero(pred_mask) + np.count_nonzero(true_mask)
+    return {"dice": 2 * both / total if total else 1.0, "iou": both / either if either else 1.0,
+            "pixel_acc": 1.0 - (either - both) / pred_mask.size}
 
 
-def dice_score(pred, target):
-    """Dice coefficient 2|A∩B| / (|A|+|B|) of two binary masks.
-
-    Args:
-        pred: predicted mask, bool or 0/1 array (or torch tensor) of any shape.
-        target: ground-truth mask of the same shape.
-
-    Returns:
-        Dice in [0, 1]; 1.0 when both masks are empty (nothing to find, nothing found).
-    """
-    pred_mask, true_mask = _mask_pair(pred, target)
-    total = pred_mask.sum() + true_mask.sum()
-    if total == 0:
-        return 1.0
-    return float(2.0 * np.logical_and(pred_mask, true_mask).sum() / total)
-
-
-def iou_score(pred, target):
-    """Intersection over union |A∩B| / |A∪B| of two binary masks.
-
-    Args:
-        pred: predicted mask, bool or 0/1 array (or torch tensor) of any shape.
-        target: ground-truth mask of the same shape.
-
-    Returns:
-        IoU in [0, 1]; 1.0 when both masks are empty.
-    """
-    pred_mask, true_mask = _mask_pair(pred, target)
-    union = np.logical_or(pred_mask, true_mask).sum()
-    if union == 0:
-        return 1.0
-    return float(np.logical_and(pred_mask, true_mask).sum() / union)
-
-
-def pixel_accuracy(pred, target):
-    """Fraction of pixels where the two binary masks agree.
-
-    Args:
-        pred: predicted mask, bool or 0/1 array (or torch tensor) of any shape.
-        target: ground-truth mask of the same shape.
-
-    Returns:
-        Accuracy in [0, 1].
-    """
-    pred_mask, true_mask = _mask_pair(pred, target)
-    return float((pred_mask == true_mask).mean())
-
-
-def _split_images(masks):
-    """Turn [H,W], [B,H,W] or a list of [H,W] masks into a list of 2-D arrays."""
+def _split_images(masks) -> List[np.ndarray]:
+    """[H,W], [B,H,W] or a list of [H,W] masks as a list of 2-D arrays."""
     if isinstance(masks, (list, tuple)):
         images = [_to_numpy(mask) for mask in masks]
     else:
@@ -91,216 +52,90 @@ def _split_images(masks):
 
 
 class SegmentationMeter:
-    """Accumulates per-image scores for the heads ('cyt', 'nuc'); images may differ in size.
+    """Per-image Dice, IoU and pixel accuracy for the heads ('cyt', 'nuc'); images may differ in size.
 
-    Scores are averaged per image (not pooled over pixels), so a small image
-    counts as much as a large one.
+    Scores are averaged per image (not pooled over pixels), so a small image counts as much as a large one.
     """
 
     def __init__(self, heads=("cyt", "nuc")):
-        """Args:
-            heads: names of the segmentation heads that may be updated.
-        """
         self.heads = tuple(heads)
-        self.reset()
-
-    def reset(self):
-        """Forget all accumulated scores."""
         self._scores = {head: {"dice": [], "iou": [], "pixel_acc": []} for head in self.heads}
 
-    def update(self, head, pred_masks, true_masks):
-        """Score a batch of images for one head.
-
-        Args:
-            head: one of ``self.heads``.
-            pred_masks: bool/0-1 array [H,W] or [B,H,W], a torch tensor of those,
-                or a list of [H,W] arrays (sizes may differ between images).
-            true_masks: ground truth in the same layout as ``pred_masks``.
-        """
+    def update(self, head: str, pred_masks, true_masks) -> None:
+        """Score a batch for one head: bool/0-1 [H,W] or [B,H,W] arrays or tensors, or lists of [H,W] arrays."""
         if head not in self._scores:
             raise ValueError(f"unknown head {head!r}; expected one of {self.heads}")
         preds, targets = _split_images(pred_masks), _split_images(true_masks)
         if len(preds) != len(targets):
             raise ValueError(f"{len(preds)} predicted masks but {len(targets)} ground-truth masks")
-        scores = self._scores[head]
         for pred, target in zip(preds, targets):
-            scores["dice"].append(dice_score(pred, target))
-            scores["iou"].append(iou_score(pred, target))
-            scores["pixel_acc"].append(pixel_accuracy(pred, target))
+            for name, value in overlap_scores(pred, target).items():
+                self._scores[head][name].append(value)
 
-    def merge(self, other):
+    def merge(self, other: "SegmentationMeter") -> None:
         """Add the scores another meter accumulated (another process's share of the images)."""
         for head in self.heads:
             for name, scores in self._scores[head].items():
                 scores.extend(other._scores[head][name])
 
-    def compute(self):
-        """Mean of each per-image score.
-
-        Returns:
-            Dict with ``dice_<head>``, ``iou_<head>``, ``pixel_acc_<head>`` for every
-            head that received at least one image, and ``dice_mean`` (mean of those
-            heads' dice). Empty if nothing was updated.
-        """
-        results = {}
-        head_dice = []
-        for head, scores in self._scores.items():
-            if not scores["dice"]:
-                continue
-            for name, values in scores.items():
-                results[f"{name}_{head}"] = float(np.mean(values))
-            head_dice.append(results[f"dice_{head}"])
+    def compute(self) -> Dict[str, float]:
+        """{metric_head: mean} for every head that received an image, plus dice_mean over those heads ({} if none)."""
+        results = {f"{name}_{head}": float(np.mean(values))
+                   for head, scores in self._scores.items() if scores["dice"] for name, values in scores.items()}
+        head_dice = [results[f"dice_{head}"] for head in self.heads if f"dice_{head}" in results]
         if head_dice:
             results["dice_mean"] = float(np.mean(head_dice))
         return results
 
 
-# ---------------------------------------------------------------------------
-# Classification
-# ---------------------------------------------------------------------------
+# ---------------------------------------------------------------- classification
 
-def _average_ranks(values):
-    """1-based ranks of ``values``; tied values share the mean of their ranks."""
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    last_rank = np.cumsum(counts)
-    return (last_rank - (counts - 1) / 2.0)[inverse.ravel()]
+def one_vs_rest_auc(labels: np.ndarray, probs: np.ndarray, k: int) -> Optional[float]:
+    """ROC-AUC of class k against the rest, None when the cells are all, or none, of class k."""
+    is_class = labels == k
+    return float(skm.roc_auc_score(is_class, probs[:, k])) if 0 < is_class.sum() < len(labels) else None
 
 
-def binary_roc_auc(y_true, y_score):
-    """Area under the ROC curve via the Mann-Whitney U statistic.
+def classification_metrics(y_true, y_prob, class_names: Sequence[str]) -> Dict:
+    """Metrics of the predictions argmax(y_prob) against y_true (int labels [N] in [0, K); y_prob [N, K]).
 
-    A positive/negative pair with equal scores counts one half, which is exactly
-    what the trapezoidal ROC area (scikit-learn's ``roc_auc_score``) gives.
-
-    Args:
-        y_true: bool/0-1 labels [N], positives are 1.
-        y_score: scores [N], higher means more likely positive.
-
-    Returns:
-        AUC as float, or None when only one class is present (AUC undefined).
-    """
-    is_positive = np.asarray(y_true).astype(bool).ravel()
-    n_pos = int(is_positive.sum())
-    n_neg = is_positive.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = _average_ranks(np.asarray(y_score, dtype=float).ravel())
-    u_statistic = ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u_statistic / (n_pos * n_neg))
-
-
-def roc_curve(y_true, y_score):
-    """ROC curve points, one per distinct score threshold.
-
-    Args:
-        y_true: bool/0-1 labels [N] with both classes present.
-        y_score: scores [N], higher means more likely positive.
-
-    Returns:
-        (fpr, tpr) float arrays starting at (0, 0) and ending at (1, 1).
-    """
-    is_positive = np.asarray(y_true).astype(bool).ravel()
-    scores = np.asarray(y_score, dtype=float).ravel()
-    order = np.argsort(-scores, kind="mergesort")
-    sorted_scores, sorted_positive = scores[order], is_positive[order]
-    # Only the last index of each run of equal scores is a threshold: tied samples
-    # cross the threshold together.
-    threshold_idx = np.r_[np.flatnonzero(np.diff(sorted_scores)), scores.size - 1]
-    true_pos = np.cumsum(sorted_positive)[threshold_idx]
-    false_pos = threshold_idx + 1 - true_pos
-    if true_pos[-1] == 0 or false_pos[-1] == 0:
-        raise ValueError("ROC curve needs both positive and negative samples")
-    fpr = np.r_[0.0, false_pos / false_pos[-1]]
-    tpr = np.r_[0.0, true_pos / true_pos[-1]]
-    return fpr, tpr
-
-
-def _safe_divide(numerator, denominator):
-    """Elementwise division that yields 0 where the denominator is 0."""
-    numerator = np.asarray(numerator, dtype=float)
-    denominator = np.asarray(denominator, dtype=float)
-    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator != 0)
-
-
-def _check_inputs(y_true, y_prob, num_classes=None):
-    labels = np.asarray(y_true).astype(int).ravel()
-    probs = np.asarray(y_prob, dtype=float)
-    if probs.ndim != 2 or probs.shape[0] != labels.size:
-        raise ValueError(f"y_prob must be [N,K] with N={labels.size}, got {probs.shape}")
-    if labels.size == 0:
-        raise ValueError("no samples")
-    if num_classes is not None and probs.shape[1] != num_classes:
-        raise ValueError(f"y_prob has {probs.shape[1]} columns but there are {num_classes} classes")
-    if labels.min() < 0 or labels.max() >= probs.shape[1]:
-        raise ValueError(f"labels must lie in [0, {probs.shape[1]})")
-    return labels, probs
-
-
-def classification_metrics(y_true, y_prob, class_names):
-    """Multi-class metrics for predictions ``argmax(y_prob)``.
-
-    Precision/recall/F1 of a class with no predictions/no samples are 0, and
-    macro averages run over all K classes (scikit-learn with ``labels=range(K)``,
-    ``zero_division=0``). Balanced accuracy follows ``balanced_accuracy_score``:
-    the mean recall over the classes present in ``y_true``. ROC-AUC is one-vs-rest
-    per class; a class absent from ``y_true`` (or making up all of it) gets None
-    and is left out of the macro AUC.
-
-    Args:
-        y_true: int labels [N] in [0, K).
-        y_prob: class probabilities [N, K].
-        class_names: K class names, in column order.
-
-    Returns:
-        JSON-serialisable dict with ``accuracy``, ``balanced_accuracy``,
-        ``macro_precision``, ``macro_recall``, ``macro_f1``, ``weighted_f1``,
-        ``roc_auc_macro`` (None if no class qualifies), ``roc_auc_per_class``
-        {name: float or None}, ``per_class`` {name: {precision, recall, f1,
-        support}}, ``confusion_matrix`` (K x K, rows true, columns predicted),
-        ``class_names`` and ``num_samples``.
+    Returns a JSON-ready dict: accuracy, balanced_accuracy, macro_precision/recall/f1 and weighted_f1 (over the
+    classes present in y_true), roc_auc_macro and roc_auc_per_class (one-vs-rest; None for a class absent or
+    alone), per_class {precision, recall, f1, support}, confusion_matrix (rows true), most_confused,
+    class_names, num_samples.
     """
     class_names = [str(name) for name in class_names]
-    num_classes = len(class_names)
-    labels, probs = _check_inputs(y_true, y_prob, num_classes)
+    labels, probs = np.asarray(y_true).astype(int).ravel(), np.asarray(y_prob, dtype=float)
+    if probs.ndim != 2 or probs.shape != (labels.size, len(class_names)) or labels.size == 0:
+        raise ValueError(f"y_prob must be [N, {len(class_names)}] with N = {labels.size} > 0, got {probs.shape}")
     predictions = probs.argmax(axis=1)
-
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (labels, predictions), 1)
-    true_pos = np.diag(confusion).astype(float)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-
-    precision = _safe_divide(true_pos, predicted)
-    recall = _safe_divide(true_pos, support)
-    # 2TP / (2TP + FP + FN) equals 2PR / (P + R) and stays defined when P = R = 0.
-    f1 = _safe_divide(2 * true_pos, support + predicted)
-
-    auc_per_class = [binary_roc_auc(labels == k, probs[:, k]) for k in range(num_classes)]
-    valid_aucs = [auc for auc in auc_per_class if auc is not None]
-
+    every, present = list(range(len(class_names))), sorted(set(labels.tolist()))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(labels, predictions, labels=every, zero_division=0)
+    macro = skm.precision_recall_fscore_support(labels, predictions, labels=present, average="macro", zero_division=0)
+    confusion = skm.confusion_matrix(labels, predictions, labels=every)
+    aucs = [one_vs_rest_auc(labels, probs, k) for k in every]
+    valid_aucs = [auc for auc in aucs if auc is not None]
     return {
-        "accuracy": float(true_pos.sum() / labels.size),
-        "balanced_accuracy": float(recall[support > 0].mean()),
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
-        "weighted_f1": float((f1 * support).sum() / support.sum()),
+        "accuracy": float(skm.accuracy_score(labels, predictions)),
+        "balanced_accuracy": balanced_accuracy(labels, predictions),
+        "macro_precision": float(macro[0]), "macro_recall": float(macro[1]), "macro_f1": float(macro[2]),
+        "weighted_f1": float(skm.f1_score(labels, predictions, labels=present, average="weighted", zero_division=0)),
         "roc_auc_macro": float(np.mean(valid_aucs)) if valid_aucs else None,
-        "roc_auc_per_class": dict(zip(class_names, auc_per_class)),
-        "per_class": {
-            name: {
-                "precision": float(precision[k]),
-                "recall": float(recall[k]),
-                "f1": float(f1[k]),
-                "support": int(support[k]),
-            }
-            for k, name in enumerate(class_names)
-        },
+        "roc_auc_per_class": dict(zip(class_names, aucs)),
+        "per_class": {name: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
+                             "support": int(support[k])} for k, name in enumerate(class_names)},
         "confusion_matrix": confusion.tolist(),
         "most_confused": most_confused_pairs(confusion, class_names),
         "class_names": class_names,
         "num_samples": int(labels.size),
     }
+
+
+def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Mean recall over the classes present; predictions of an absent class are errors, not a reason to warn."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(skm.balanced_accuracy_score(labels, predictions))
 
 
 def most_confused_pairs(confusion: np.ndarray, class_names: Sequence[str], top: int = 5) -> List[Dict]:
@@ -317,105 +152,100 @@ def most_confused_pairs(confusion: np.ndarray, class_names: Sequence[str], top: 
             for count, t, p in pairs[:top]]
 
 
-def binary_metrics(y_true, y_prob, positive_classes, class_names):
+# SIPaKMeD's normal cells; Herlev's are the classes named normal_*
+SIPAKMED_NORMAL = ("im_Superficial-Intermediate", "im_Parabasal", "im_Metaplastic")
+
+
+def normal_class_names(class_names: Sequence[str], chosen: Optional[Sequence[str]] = None) -> List[str]:
+    """The normal classes for the normal-vs-abnormal metrics: `chosen`, else normal_* and SIPaKMeD's normal classes."""
+    if chosen is not None:
+        return list(chosen)
+    return [c for c in class_names if c.lower().startswith("normal") or c in SIPAKMED_NORMAL]
+
+
+# Herlev's seven classes from least to most severe (Jantzen et al. 2005)
+HERLEV_GRADE_ORDER = ("normal_superficiel", "normal_intermediate", "normal_columnar", "light_dysplastic",
+                      "moderate_dysplastic", "severe_dysplastic", "carcinoma_in_situ")
+KNOWN_GRADE_ORDERS = (HERLEV_GRADE_ORDER,)
+
+
+def default_class_order(class_names: Sequence[str]) -> Optional[List[str]]:
+    """A known grade order covering every class (Herlev's), else None: SIPaKMeD's classes are kinds, not grades."""
+    for order in KNOWN_GRADE_ORDERS:
+        if set(class_names) <= set(order):
+            return [name for name in order if name in class_names]
+    return None
+
+
+def grade_metrics(y_true, y_pred, class_names: Sequence[str], class_order: Sequence[str]) -> Dict:
+    """Metrics that know the grades are ordered: a severe cell called carcinoma in situ is a smaller error than normal.
+
+    Grades are the ranks of the classifier's classes in class_order (classes missing from the data set are
+    skipped, so Herlev's six classes are grades 0-5).
+
+    Returns quadratic_weighted_kappa (Cohen's, scikit-learn), within_one_grade_accuracy and
+    mean_absolute_grade_error.
+    """
+    ranked = [name for name in class_order if name in class_names]
+    grade_of = np.array([ranked.index(name) for name in class_names])
+    true_grades, pred_grades = grade_of[np.asarray(y_true, int)], grade_of[np.asarray(y_pred, int)]
+    error = np.abs(true_grades - pred_grades)
+    kappa = skm.cohen_kappa_score(true_grades, pred_grades, weights="quadratic", labels=list(range(len(ranked))))
+    return {"quadratic_weighted_kappa": float(kappa) if np.isfinite(kappa) else None,
+            "within_one_grade_accuracy": float(np.mean(error <= 1)), "mean_absolute_grade_error": float(error.mean()),
+            "grade_order": ranked}
+
+
+def binary_metrics(y_true, y_prob, positive_classes, class_names: Sequence[str]) -> Dict:
     """Normal-vs-abnormal metrics obtained by collapsing the K classes.
 
-    A sample is predicted abnormal when the K-class argmax is one of the positive
-    classes; its abnormal score (for ROC-AUC) is the summed probability of those
-    classes.
+    A cell is predicted abnormal when the K-class argmax is one of the positive (abnormal) classes, given as
+    names or indices; its abnormal score (for ROC-AUC) is the summed probability of those classes.
 
-    Args:
-        y_true: int labels [N] in [0, K).
-        y_prob: class probabilities [N, K].
-        positive_classes: the abnormal classes, as indices or as names from ``class_names``.
-        class_names: K class names, in column order.
-
-    Returns:
-        JSON-serialisable dict with ``accuracy``, ``sensitivity``, ``specificity``,
-        ``f1`` (of the abnormal class), ``roc_auc`` (None if only one group is
-        present) and ``confusion_matrix`` [[TN, FP], [FN, TP]] (rows true
-        [normal, abnormal], columns predicted).
+    Returns accuracy, sensitivity, specificity, f1 (of the abnormal class), roc_auc (None if only one group
+    is present) and confusion_matrix [[TN, FP], [FN, TP]].
     """
     class_names = [str(name) for name in class_names]
-    labels, probs = _check_inputs(y_true, y_prob, len(class_names))
-    positive_idx = sorted(
-        {class_names.index(c) if isinstance(c, str) else int(c) for c in positive_classes}
-    )
-
-    is_abnormal = np.isin(labels, positive_idx)
-    predicted_abnormal = np.isin(probs.argmax(axis=1), positive_idx)
-    abnormal_score = probs[:, positive_idx].sum(axis=1)
-
-    tp = int(np.sum(is_abnormal & predicted_abnormal))
-    fn = int(np.sum(is_abnormal & ~predicted_abnormal))
-    fp = int(np.sum(~is_abnormal & predicted_abnormal))
-    tn = int(np.sum(~is_abnormal & ~predicted_abnormal))
-
+    labels, probs = np.asarray(y_true).astype(int).ravel(), np.asarray(y_prob, dtype=float)
+    positive = sorted({class_names.index(c) if isinstance(c, str) else int(c) for c in positive_classes})
+    is_abnormal = np.isin(labels, positive)
+    predicted_abnormal = np.isin(probs.argmax(axis=1), positive)
+    (tn, fp), (fn, tp) = skm.confusion_matrix(is_abnormal, predicted_abnormal, labels=[False, True])
+    both_present = 0 < is_abnormal.sum() < labels.size
     return {
-        "accuracy": (tp + tn) / labels.size,
-        "sensitivity": float(_safe_divide(tp, tp + fn)),
-        "specificity": float(_safe_divide(tn, tn + fp)),
-        "f1": float(_safe_divide(2 * tp, 2 * tp + fp + fn)),
-        "roc_auc": binary_roc_auc(is_abnormal, abnormal_score),
-        "confusion_matrix": [[tn, fp], [fn, tp]],
+        "accuracy": float(skm.accuracy_score(is_abnormal, predicted_abnormal)),
+        "sensitivity": float(skm.recall_score(is_abnormal, predicted_abnormal, zero_division=0)),
+        "specificity": float(skm.recall_score(~is_abnormal, ~predicted_abnormal, zero_division=0)),
+        "f1": float(skm.f1_score(is_abnormal, predicted_abnormal, zero_division=0)),
+        "roc_auc": float(skm.roc_auc_score(is_abnormal, probs[:, positive].sum(axis=1))) if both_present else None,
+        "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
     }
 
 
-# ---------------------------------------------------------------------------
-# Calibration
-# ---------------------------------------------------------------------------
+# ---------------------------------------------------------------- calibration and uncertainty
 
-def reliability_bins(y_true, y_prob, n_bins=15):
-    """Top-label confidence and accuracy per equal-width confidence bin.
+def reliability_bins(y_true, y_prob, n_bins: int = 15):
+    """Top-label (mean confidence, accuracy, count) per equal-width confidence bin (b/n, (b+1)/n].
 
-    Bin b covers (b/n_bins, (b+1)/n_bins]; a confidence of exactly 0 goes to the
-    first bin.
-
-    Args:
-        y_true: int labels [N].
-        y_prob: class probabilities [N, K].
-        n_bins: number of bins on [0, 1].
-
-    Returns:
-        (mean_confidence, accuracy, count) arrays of length ``n_bins``; empty bins
-        have confidence and accuracy 0 and count 0.
+    A confidence of exactly 0 goes to the first bin; empty bins have confidence and accuracy 0, count 0.
     """
-    labels, probs = _check_inputs(y_true, y_prob)
+    labels, probs = np.asarray(y_true).astype(int).ravel(), np.asarray(y_prob, dtype=float)
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bin_idx = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
-    count = np.bincount(bin_idx, minlength=n_bins)
-    mean_confidence = _safe_divide(np.bincount(bin_idx, confidence, n_bins), count)
-    accuracy = _safe_divide(np.bincount(bin_idx, correct, n_bins), count)
-    return mean_confidence, accuracy, count
+    bin_index = np.clip(np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1), confidence, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(bin_index, minlength=n_bins)
+    occupied = np.maximum(count, 1)
+    return np.bincount(bin_index, confidence, n_bins) / occupied, np.bincount(bin_index, correct, n_bins) / occupied, count
 
 
-def expected_calibration_error(y_true, y_prob, n_bins=15):
-    """Top-label expected calibration error with equal-width confidence bins.
-
-    Args:
-        y_true: int labels [N].
-        y_prob: class probabilities [N, K].
-        n_bins: number of bins on [0, 1].
-
-    Returns:
-        sum over bins of (bin size / N) * |accuracy - mean confidence|.
-    """
+def expected_calibration_error(y_true, y_prob, n_bins: int = 15) -> float:
+    """Top-label ECE: sum over equal-width bins of (bin size / N) * |accuracy - mean confidence|."""
     mean_confidence, accuracy, count = reliability_bins(y_true, y_prob, n_bins)
     return float(np.sum(count / count.sum() * np.abs(accuracy - mean_confidence)))
 
 
-# ---------------------------------------------------------------------------
-# Uncertainty
-# ---------------------------------------------------------------------------
-
-def bootstrap_accuracy_ci(y_true, y_pred, n_resamples=2000, level=0.95, seed=0):
-    """Percentile bootstrap interval of the accuracy, resampling cells with replacement.
-
-    Returns:
-        [low, high] as floats.
-    """
+def bootstrap_accuracy_ci(y_true, y_pred, n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> List[float]:
+    """Percentile bootstrap interval [low, high] of the accuracy, resampling cells with replacement."""
     correct = (np.asarray(y_true) == np.asarray(y_pred)).astype(np.float64)
     rng = np.random.default_rng(seed)
     resampled = correct[rng.integers(0, correct.size, size=(n_resamples, correct.size))].mean(axis=1)

@@ -6,29 +6,26 @@ seeded. Only evaluate.py reads the test split.
 import hashlib
 import json
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tools.data_loader import CellRecord, read_records
-from tools.datasets import check_cells, report_skipped
-from tools.errors import UserError
-from tools.files import written_atomically
+from tools.layouts import CellRecord
+from utils.console import say_once
+from utils.errors import UserError
+from utils.files import written_atomically
 
 SPLITS = ("train", "val", "test")
 
 
-def default_manifest_path(output_dir: Path, data_root: Path) -> Path:
-    """One manifest per data root, kept under the run folder (data roots are often read-only)."""
-    root = Path(data_root).resolve()
-    digest = hashlib.sha1(str(root).encode()).hexdigest()[:8]
-    return Path(output_dir) / "splits" / f"{root.name}-{digest}.json"
-
-
 def assign_splits(records: Sequence[CellRecord], fractions: Tuple[float, float, float], seed: int) -> Dict[str, str]:
-    """Map group -> split. Per class, shuffled groups fill train, then val, then test up to their share of cells."""
+    """Map group -> split. Per class, shuffled groups fill train, then val, then test up to their share of cells.
+
+    A class with 3 groups or more always gets at least one in val and one in test (a class missing from test
+    would be reported with an F1 of 0, or not at all); a class with fewer stays wholly in train, and
+    write_manifest says so.
+    """
     group_sizes: Dict[str, int] = defaultdict(int)
     group_labels: Dict[str, Dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for record in records:
@@ -52,12 +49,37 @@ def assign_splits(records: Sequence[CellRecord], fractions: Tuple[float, float, 
             position = (placed + group_sizes[group] / 2) / total
             assignment[group] = SPLITS[min(int(np.searchsorted(bounds, position)), 2)]
             placed += group_sizes[group]
+        if len(groups) >= len(SPLITS):
+            fill_empty_splits(groups, assignment, [name for name, share in zip(SPLITS, fractions) if share > 0][1:])
     return assignment
 
 
+def fill_empty_splits(groups: Sequence[str], assignment: Dict[str, str], wanted_splits: Sequence[str]) -> None:
+    """Give each wanted split (val, test) one group where a small class left it none, taken from the one with the most."""
+    for wanted in reversed(wanted_splits):
+        if any(assignment[g] == wanted for g in groups):
+            continue
+        counts = {name: sum(assignment[g] == name for g in groups) for name in SPLITS}
+        donor = max(("train", "val"), key=counts.get)
+        assignment[[g for g in groups if assignment[g] == donor][-1]] = wanted
+
+
+def classes_missing_from(records: Sequence[CellRecord], split_of: Dict[str, str]) -> Dict[str, List[str]]:
+    """{"val": classes with no cell in val, "test": likewise}: too small to set cells aside (or kept wholly in train)."""
+    labels = sorted({r.label for r in records})
+    present = {name: {r.label for r in records if split_of[r.sample_id] == name} for name in ("val", "test")}
+    return {name: [label for label in labels if label not in present[name]] for name in ("val", "test")}
+
+
+def manifest_sha1(path: Path) -> str:
+    """Short content hash of a manifest: checkpoints keep it, so a run cannot resume on another split."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12]
+
+
 def write_manifest(path: Path, records: Sequence[CellRecord], data_root: Path, layout: str,
-                   fractions: Tuple[float, float, float], seed: int) -> None:
-    assignment = assign_splits(records, fractions, seed)
+                   fractions: Tuple[float, float, float], seed: int, assignment: Optional[Dict[str, str]] = None) -> None:
+    """Write the manifest of `records`; assignment (group -> split) defaults to assign_splits(records, fractions, seed)."""
+    assignment = assignment or assign_splits(records, fractions, seed)
     manifest = {
         "data_root": str(Path(data_root).resolve()), "layout": layout, "seed": seed, "fractions": list(fractions),
         "samples": [{"id": r.sample_id, "label": r.label, "group": r.group, "split": assignment[r.group]} for r in records],
@@ -103,41 +125,12 @@ def load_split(records: Sequence[CellRecord], manifest_path: Path, data_root: Pa
         write_manifest(manifest_path, records, data_root, layout, fractions, seed)
         print(f"wrote split manifest {manifest_path}")
     split_of = read_manifest(manifest_path, records)
+    for name, missing in classes_missing_from(records, split_of).items():
+        if missing:
+            say_once(f"note: {manifest_path.name}: class(es) {', '.join(missing)} have no cell in the {name} split (too few "
+                     f"cells or cluster images to set some aside); their {name} scores are not measured and macro "
+                     f"averages leave them out")
     return {split: [r for r in records if split_of[r.sample_id] == split] for split in SPLITS}
-
-
-@dataclass
-class DatasetSplit:
-    records: List[CellRecord]  # every usable cell of the data root (under --skip-bad the bad ones are left out)
-    layout: str
-    by_split: Dict[str, List[CellRecord]]  # "train" / "val" / "test" -> usable cells
-
-
-def usable_cells(records: Sequence[CellRecord], args) -> List[CellRecord]:
-    """Decode every cell once, up front: the first bad one stops the run, or under --skip-bad is left out and reported."""
-    skip_bad = getattr(args, "skip_bad", False)
-    usable, skipped = check_cells(records, skip_bad)
-    if skip_bad:
-        report_skipped(skipped, args.output_dir)
-    return usable
-
-
-def open_split(args) -> DatasetSplit:
-    """Read the data root named by the data flags and its split manifest (made on first use); check every cell."""
-    records, layout = read_records(args.data_root, args.layout, args.sipakmed_source, args.nuc_suffix, args.cyt_suffix,
-                                   getattr(args, "skip_bad", False))
-    manifest_path = args.split_file or default_manifest_path(args.output_dir, args.data_root)
-    # The manifest is about the files present, bad cells included: skipping one does not move the others to
-    # another split, and once it is fixed it comes back in the split it had.
-    by_split = load_split(records, manifest_path, args.data_root, layout, seed=args.split_seed)
-    usable = usable_cells(records, args)
-    kept = {r.sample_id for r in usable}
-    by_split = {name: [r for r in cells if r.sample_id in kept] for name, cells in by_split.items()}
-    for name in ("train", "val"):
-        if not by_split[name]:
-            skipped = f", {len(records) - len(usable)} skipped as bad" if len(usable) < len(records) else ""
-            raise UserError(f"{manifest_path}: the {name} split is empty ({len(usable)} usable cells in all{skipped}); add data")
-    return DatasetSplit(usable, layout, by_split)
 
 
 def group_folds(records: Sequence[CellRecord], num_folds: int, seed: int) -> List[List[CellRecord]]:
@@ -156,3 +149,21 @@ def group_folds(records: Sequence[CellRecord], num_folds: int, seed: int) -> Lis
             fold_of.setdefault(group, (offset + index) % num_folds)
         offset += len(groups)  # the next class starts where this one stopped, so fold sizes stay even
     return [[r for r in records if fold_of[r.group] == fold] for fold in range(num_folds)]
+
+
+def cross_validation_manifests(records: Sequence[CellRecord], data_root: Path, layout: str, num_folds: int, seed: int,
+                               out_dir: Path, val_share: float = 0.15) -> List[Path]:
+    """One manifest per fold of a grouped, stratified K-fold cross-validation: fold k is its test split, and of the
+    other folds a stratified val_share is its val split (model selection, calibration), the rest its train split.
+
+    Every cell is tested exactly once over the folds. Returns the manifest paths, fold 0 first.
+    """
+    paths = []
+    for fold, test_cells in enumerate(group_folds(records, num_folds, seed)):
+        test_groups = {r.group for r in test_cells}
+        rest = [r for r in records if r.group not in test_groups]
+        assignment = {**assign_splits(rest, (1 - val_share, val_share, 0.0), seed), **dict.fromkeys(test_groups, "test")}
+        path = Path(out_dir) / f"fold{fold}.json"
+        write_manifest(path, records, data_root, layout, (1 - val_share, val_share, 0.0), seed, assignment)
+        paths.append(path)
+    return paths

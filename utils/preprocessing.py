@@ -1,18 +1,20 @@
-"""Image and mask reading, polygon rasterisation, letterboxing and augmentation.
+"""Image and mask reading, polygon rasterisation, letterboxing, normalisation and mask clean-up.
 
 Every image is letterboxed (aspect-preserving resize, then centred padding to a square): cells
 are not square, and squashing them would distort the size and shape that separate the classes.
+Nothing here knows about datasets, models or runs; augmentation lives with the training data path
+(tools/data_loader.py).
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-import albumentations as A
 import cv2
 import numpy as np
+from scipy import ndimage
 
-from tools.errors import UserError
+from utils.errors import UserError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -47,11 +49,8 @@ def unreadable_reason(path: Path) -> str:
     return "truncated, damaged or not an image"
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read any image OpenCV understands as uint8 RGB [H, W, 3] (grayscale, RGBA and 16-bit included)."""
-    image = imread_unchanged(path)
-    if image is None or image.size == 0:
-        raise UserError(f"{path}: cannot read this image, {unreadable_reason(path)}; replace or remove it")
+def to_rgb8(image: np.ndarray) -> np.ndarray:
+    """Any decoded OpenCV image (grey, BGR, BGRA; 8-bit, 16-bit or float) as uint8 RGB [H, W, 3]."""
     if image.dtype == np.uint16:
         image = (image / 257.0).round().astype(np.uint8)
     elif image.dtype != np.uint8:
@@ -63,19 +62,38 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def read_image(path: Path) -> np.ndarray:
+    """Read any image OpenCV understands as uint8 RGB [H, W, 3] (grayscale, RGBA and 16-bit included)."""
+    image = imread_unchanged(path)
+    if image is None or image.size == 0:
+        raise UserError(f"{path}: cannot read this image, {unreadable_reason(path)}; replace or remove it")
+    return to_rgb8(image)
+
+
+def binarize_mask(mask: np.ndarray) -> np.ndarray:
+    """The mask policy: a pixel is foreground when it is brighter than half the mask's brightest value.
+
+    A binary mask (0/1, 0/255, 0/65535, 0/255 in a 16-bit file) keeps all its foreground; the soft edges
+    of an antialiased or JPEG-saved mask are cut at half height instead of counting as foreground, which
+    would inflate every area. Colour masks are read by their brightest channel (alpha says nothing).
+    """
+    if mask.ndim == 3:
+        mask = mask[..., :3].max(axis=2)
+    peak = mask.max()
+    return mask > peak / 2 if peak > 0 else np.zeros(mask.shape, bool)
+
+
 def read_mask(path: Path, expected_shape: Tuple[int, int]) -> np.ndarray:
-    """Read a mask image as bool [H, W]; any non-zero pixel is foreground."""
+    """Read a mask image as bool [H, W] (binarize_mask's policy); its size must be expected_shape."""
     mask = imread_unchanged(path)  # not GRAYSCALE: that drops the low byte of 16-bit masks
     if mask is None or mask.size == 0:
         raise UserError(f"{path}: cannot read this mask, {unreadable_reason(path)}; replace it or remove the cell")
-    if mask.ndim == 3:
-        mask = mask[..., :3].max(axis=2)  # alpha says nothing about the cell: an opaque RGBA mask is not all foreground
-    if mask.shape != tuple(expected_shape):
+    if mask.shape[:2] != tuple(expected_shape):
         raise UserError(
             f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
             f"{expected_shape[1]}x{expected_shape[0]}; redraw the mask at its image's size or remove the cell"
         )
-    return mask > 0
+    return binarize_mask(mask)
 
 
 def rasterize_polygons(polygons: Sequence[np.ndarray], shape: Tuple[int, int]) -> np.ndarray:
@@ -126,43 +144,27 @@ def unletterbox(prob_map: np.ndarray, box: LetterboxBox, shape: Tuple[int, int])
     return cv2.resize(region, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def build_augmentation(train: bool) -> A.Compose:
-    """Augmentations for cytology on letterboxed squares: orientation is arbitrary, stains vary, focus varies."""
-    if not train:
-        return A.Compose([])
-    return A.Compose([
-        A.HorizontalFlip(p=0.5),
-        A.VerticalFlip(p=0.5),
-        A.RandomRotate90(p=0.5),
-        A.Affine(scale=(0.85, 1.15), rotate=(-15, 15), translate_percent=(-0.05, 0.05),
-                 border_mode=cv2.BORDER_CONSTANT, fill=PAD_RGB, fill_mask=0, p=0.7),
-        A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.04, p=0.7),
-        A.GaussianBlur(blur_limit=(3, 5), p=0.2),
-    ])
-
-
-def seed_augmentation(augment: A.Compose, seed: int) -> None:
-    """Seed a pipeline so that its transforms draw independent streams.
-
-    Compose.set_random_seed gives every transform the SAME seed, which makes e.g. the horizontal
-    and vertical flips always fire together; each transform gets a seed of its own here.
-    """
-    augment.set_random_seed(seed)
-    for index, transform in enumerate(augment.transforms):
-        transform.set_random_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
-
-
 def normalize_image(image: np.ndarray) -> np.ndarray:
     """uint8 RGB [H, W, 3] -> float32 [3, H, W] normalised with ImageNet statistics."""
     return ((image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
 
 
+def cell_channels(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The classifier's input for one letterboxed cell: normalised RGB, then cell and nucleus masks.
+
+    Args:
+        image: uint8 RGB [S, S, 3].
+        masks: 0/1 [2, S, S]: cell (whole cell), nucleus.
+
+    Returns:
+        float32 [5, S, S].
+    """
+    return np.concatenate([normalize_image(image), np.asarray(masks, dtype=np.float32)])
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill enclosed background: cells and nuclei are solid."""
-    padded = np.pad(mask.astype(np.uint8), 1)
-    outside = padded.copy()
-    cv2.floodFill(outside, None, (0, 0), 1)  # everything reachable from the border is background
-    return (padded | (1 - outside)).astype(bool)[1:-1, 1:-1]
+    return ndimage.binary_fill_holes(mask)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

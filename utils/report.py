@@ -12,8 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from tools.calibration import TEMPERATURE_RANGE
-from utils.visualization import overlay_masks
+from utils.overlays import overlay_masks
 
 # In page order, with the width each takes on a wide screen: the three small tables share a row, the two
 # square plots share one, and the confusion matrix keeps a row to itself so that its class names stay legible
@@ -171,7 +170,7 @@ def calibration_body(calibration: Optional[Dict]) -> str:
     note = ('<p class="note">Probabilities are softmax(logits / T), T fitted on the validation split after training; '
             'ECE: top-label expected calibration error, 15 equal-width bins. The reliability diagram shows the '
             'probabilities at T.</p>')
-    if calibration["temperature"] in TEMPERATURE_RANGE:
+    if calibration.get("at_bound"):
         note += ('<p class="note">T stopped at a bound of its range: the validation split was too small or too easy '
                  '(every cell right by a wide margin) to pin it down.</p>')
     return table(["", "value"], rows) + note

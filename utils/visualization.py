@@ -1,4 +1,4 @@
-"""Plots and mask overlays for evaluation reports.
+"""Plots for evaluation reports (drawing on the cell images themselves is utils/overlays.py).
 
 Every plotting function writes a PNG (creating parent folders), closes its
 figure and returns the path. Matplotlib is switched to the non-interactive Agg
@@ -8,26 +8,12 @@ backend so the plots also work on headless training machines.
 import math
 from pathlib import Path
 
-import cv2
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend switch)
 import numpy as np  # noqa: E402
-
-from tools.metrics import (  # noqa: E402
-    binary_roc_auc,
-    expected_calibration_error,
-    reliability_bins,
-    roc_curve,
-)
-
-# RGB colours for overlay_masks.
-PRED_CELL_COLOUR = (0, 255, 0)  # green
-PRED_NUCLEUS_COLOUR = (255, 0, 0)  # red
-TRUE_CELL_COLOUR = (0, 255, 255)  # cyan
-TRUE_NUCLEUS_COLOUR = (255, 255, 0)  # yellow
-
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 def _save(fig, path):
     path = Path(path)
@@ -112,10 +98,10 @@ def plot_roc_curves(y_true, y_prob, class_names, path):
     colours = plt.get_cmap("tab10")
     for k, name in enumerate(class_names):
         is_class = labels == k
-        auc = binary_roc_auc(is_class, probs[:, k])
-        if auc is None:
+        if is_class.all() or not is_class.any():
             continue
-        fpr, tpr = roc_curve(is_class, probs[:, k])
+        auc = roc_auc_score(is_class, probs[:, k])
+        fpr, tpr, _ = roc_curve(is_class, probs[:, k])
         ax.plot(fpr, tpr, color=colours(k % 10), lw=1.5, label=f"{name} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
     _unit_square(ax, "False positive rate", "True positive rate", "ROC curves (one-vs-rest)", top=1.01)
@@ -123,20 +109,19 @@ def plot_roc_curves(y_true, y_prob, class_names, path):
     return _save(fig, path)
 
 
-def plot_reliability_diagram(y_true, y_prob, path, n_bins=15):
+def plot_reliability_diagram(bins, ece, path):
     """Top-label reliability diagram: accuracy per confidence bin against the diagonal.
 
     Args:
-        y_true: int labels [N].
-        y_prob: class probabilities [N, K].
+        bins: (mean confidence, accuracy, count) per equal-width confidence bin (tools/metrics.reliability_bins).
+        ece: the expected calibration error, shown in the title.
         path: output PNG path.
-        n_bins: number of equal-width confidence bins.
 
     Returns:
-        Path of the written PNG; the title carries the ECE.
+        Path of the written PNG.
     """
-    mean_confidence, accuracy, count = reliability_bins(y_true, y_prob, n_bins)
-    ece = expected_calibration_error(y_true, y_prob, n_bins)
+    mean_confidence, accuracy, count = (np.asarray(values) for values in bins)
+    n_bins = len(count)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     width = 1.0 / n_bins
     occupied = count > 0
@@ -151,54 +136,6 @@ def plot_reliability_diagram(y_true, y_prob, path, n_bins=15):
     _unit_square(ax, "Confidence", "Accuracy", f"Reliability diagram (ECE {ece:.3f})")
     ax.legend(loc="upper left", fontsize=8)
     return _save(fig, path)
-
-
-def _contours(mask):
-    binary = (np.asarray(mask) > 0).astype(np.uint8)
-    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    return contours
-
-
-def _draw_dashed(canvas, mask, colour, dash=4):
-    """Colour every other run of ``dash`` contour pixels, so ground truth looks dashed."""
-    for contour in _contours(mask):
-        points = contour.reshape(-1, 2)  # (x, y) pairs, one per boundary pixel
-        points = points[(np.arange(len(points)) // dash) % 2 == 0]
-        canvas[points[:, 1], points[:, 0]] = colour
-
-
-def overlay_masks(image_rgb, cyt_mask, nuc_mask, true_cyt=None, true_nuc=None):
-    """Draw one-pixel mask outlines on a copy of an RGB image.
-
-    Predicted cell outlines are green and predicted nuclei red (solid);
-    ground-truth cells are cyan and nuclei yellow (dashed). Predictions are
-    drawn last, so they win where outlines coincide.
-
-    Args:
-        image_rgb: uint8 RGB image [H,W,3] (grey [H,W] and float [0,1] images are converted).
-        cyt_mask: predicted whole-cell mask [H,W], bool/0-1.
-        nuc_mask: predicted nucleus mask [H,W], bool/0-1.
-        true_cyt: optional ground-truth cell mask [H,W].
-        true_nuc: optional ground-truth nucleus mask [H,W].
-
-    Returns:
-        New uint8 RGB array [H,W,3]; the input image is left untouched.
-    """
-    image = np.asarray(image_rgb)
-    if image.dtype != np.uint8:
-        scale = 255.0 if image.max() <= 1.0 else 1.0
-        image = np.clip(image * scale, 0, 255).astype(np.uint8)
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    canvas = np.ascontiguousarray(image).copy()
-
-    if true_cyt is not None:
-        _draw_dashed(canvas, true_cyt, TRUE_CELL_COLOUR)
-    if true_nuc is not None:
-        _draw_dashed(canvas, true_nuc, TRUE_NUCLEUS_COLOUR)
-    cv2.drawContours(canvas, _contours(cyt_mask), -1, PRED_CELL_COLOUR, thickness=1)
-    cv2.drawContours(canvas, _contours(nuc_mask), -1, PRED_NUCLEUS_COLOUR, thickness=1)
-    return canvas
 
 
 def save_overlay_grid(items, path, ncols=4):
@@ -224,20 +161,3 @@ def save_overlay_grid(items, path, ncols=4):
         ax.set_title(str(title), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
-
-
-def blend_heatmap(image_rgb, heatmap, alpha=0.45):
-    """Colour a [0, 1] heat map with the jet colour map and blend it over an RGB image.
-
-    Args:
-        image_rgb: uint8 RGB image [H,W,3].
-        heatmap: float map [H,W] in [0, 1] (e.g. a Grad-CAM), at the image's size.
-        alpha: weight of the heat map; the image keeps 1 - alpha.
-
-    Returns:
-        New uint8 RGB array [H,W,3].
-    """
-    heat = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
-    coloured = cv2.applyColorMap(np.round(heat * 255).astype(np.uint8), cv2.COLORMAP_JET)  # BGR
-    coloured = cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(np.asarray(image_rgb, dtype=np.uint8), 1.0 - alpha, coloured, alpha, 0.0)

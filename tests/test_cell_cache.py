@@ -1,4 +1,5 @@
-"""The cell cache of tools.datasets.prepare_cells: a hit is bit-for-bit a fresh build, and any data change rebuilds."""
+"""The cell cache (tools/cell_cache.py, used by tools.data_loader.prepare_cells): a hit is bit-for-bit a fresh build,
+and any data change rebuilds."""
 import os
 import shutil
 from pathlib import Path
@@ -7,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-import tools.datasets
+import tools.data_loader
+from tools.cell_cache import cache_key
 from tools.config import CELL_CACHE_ENV, data_parser
-from tools.data_loader import ground_truth_masks, read_records
-from tools.datasets import cache_key, prepare_cells
-from tools.inference import PredictedMaskFiles, mask_paths
+from tools.data_loader import prepare_cells
+from tools.layouts import read_records
+from tools.masks import PredictedMaskFiles, ground_truth_masks, mask_paths, write_mask_pairs
 
 SIZE = 32
 
@@ -43,11 +45,8 @@ def paired_copy(paired_root, tmp_path) -> Path:
 
 
 def export_ground_truth_as_predicted(records, masks_dir: Path) -> PredictedMaskFiles:
-    for record in records:
-        shape = cv2.imread(str(record.image_path)).shape[:2]
-        for path, mask in zip(mask_paths(masks_dir, record), ground_truth_masks(record, shape)):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            assert cv2.imwrite(str(path), mask.astype(np.uint8) * 255)
+    """The ground truth written as main_segment.py writes its masks (with masks.json)."""
+    write_mask_pairs(masks_dir, [(r, *ground_truth_masks(r, cv2.imread(str(r.image_path)).shape[:2])) for r in records])
     return PredictedMaskFiles(masks_dir)
 
 
@@ -71,7 +70,7 @@ def test_hit_decodes_nothing(paired_root, tmp_path, monkeypatch):
     def no_decoding(*_):
         raise AssertionError("a cache hit decoded a cell")
 
-    monkeypatch.setattr(tools.datasets, "load_sample", no_decoding)
+    monkeypatch.setattr(tools.data_loader, "load_sample", no_decoding)
     assert_same_cells(prepare_cells(records, SIZE, cache_dir=tmp_path), built)
 
 

@@ -1,5 +1,6 @@
 """Writing files so that a crash or a concurrent writer never leaves a half-written file under the real name."""
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterator
@@ -20,3 +21,8 @@ def written_atomically(path: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             tmp_path.unlink()  # left only when the block raised
+
+
+def file_sha1(path: Path) -> str:
+    """Hex sha1 of a file's bytes: what a derived file (masks, an ONNX export) remembers of its source."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()

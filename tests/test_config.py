@@ -1,0 +1,50 @@
+"""Behaviour of tools/config.py: stage defaults under a preset, explicit flags winning, values checked by argparse."""
+import argparse
+from pathlib import Path
+
+import pytest
+
+from tools.config import PRESETS, STAGE_DEFAULTS, parse_stage_args, training_parser
+
+
+def parse(stage, *argv):
+    parser = argparse.ArgumentParser(parents=[training_parser(stage)])
+    if stage == "segmentation":
+        parser.add_argument("--decoder-channels", type=int, nargs=3)
+    return parse_stage_args(parser, stage, list(argv))
+
+
+@pytest.mark.parametrize("stage", ["segmentation", "classification"])
+def test_preset_values_override_the_stage_defaults(stage):
+    plain, preset = parse(stage), parse(stage, "--preset", "cpu")
+    for name, value in STAGE_DEFAULTS[stage].items():
+        assert getattr(plain, name) == value, name
+        assert getattr(preset, name) == PRESETS["cpu"][stage].get(name, value), name
+
+
+def test_a_flag_on_the_command_line_wins_over_the_preset():
+    args = parse("classification", "--preset", "cpu", "--epochs", "3", "--backbone", "test_convnext")
+    assert (args.epochs, args.backbone, args.img_size) == (3, "test_convnext", PRESETS["cpu"]["classification"]["img_size"])
+
+
+def test_run_dir_has_output_dir_as_its_alias_and_resume_defaults_into_it(tmp_path):
+    assert parse("segmentation", "--output-dir", str(tmp_path)).run_dir == tmp_path
+    args = parse("segmentation", "--run-dir", str(tmp_path), "--resume")
+    assert args.resume == tmp_path / "checkpoints" / "segmentation_last.pth"
+    assert parse("segmentation").run_dir == Path(".")
+
+
+@pytest.mark.parametrize("flag,value,expected", [
+    ("--epochs", "0", "a whole number >= 1"),
+    ("--lr", "nan", "a number > 0"),
+    ("--ema-decay", "1", "up to (not including) 1"),
+    ("--img-size", "96.5", "is not a number"),
+    ("--backbone", "convnext_tiyn", "did you mean convnext_tiny"),
+    ("--device", "gpu", "unknown 'gpu'"),
+])
+def test_bad_values_end_with_argparses_usage_error(capsys, flag, value, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        parse("classification", flag, value)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {flag}" in error and expected in error

@@ -1,0 +1,300 @@
+"""Whole fields of view at inference: find every cell, separate touching and overlapping ones, link each nucleus
+to its cell, and classify each cell as the single-cell crops are classified.
+
+segment_field works block by block (default 2048 px of the field), each block with a halo of half a cell
+window around it, so memory follows the block size, not the image size, and a cell on a block border
+comes out whole: a cell belongs to the block that holds its nucleus's centre, and its window reaches into
+the halo. In a block:
+  1. the field model is tiled over the block (tiles overlap by a quarter; each pixel is taken from the tile
+     where it lies furthest from the edge) giving foreground and nucleus probabilities;
+  2. nuclei become instances (threshold, then a watershed on the distance to the background splits
+     touching nuclei);
+  3. the instance model predicts each nucleus's whole cell in a window around it: overlapping cells each
+     keep their whole outline.
+"""
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from tools.field_data import crop_padded, grid_corners, window_crop, window_input
+from tools.inference import Backend, CellPipeline, batched, sigmoid
+from tools.layouts import CLUSTER_CROP_MARGIN
+from utils.preprocessing import PAD_RGB, fill_holes, largest_component, normalize_image
+
+MIN_NUCLEUS_PX = 12  # at the model scale: smaller blobs are debris (ISBI's smallest nuclei are ~48 px)
+NUCLEUS_SPLIT_PX = 3  # watershed markers: distance-transform peaks at least this far apart and this deep
+
+
+@dataclass
+class FieldModels:
+    """The two stage-1 field models and how they see a field (from their checkpoints' args)."""
+
+    field: Backend  # [B, 3, T, T] -> [B, 2, T, T] logits: foreground, nuclei
+    instances: Backend  # [B, 4, S, S] -> [B, 2, S, S] logits: the marked nucleus's cell, that nucleus
+    scale: float  # field pixels -> model pixels
+    tile: int  # T
+    window: int  # side of a cell's window at the model scale
+    instance_size: int  # S
+    batch_size: int = 8
+
+
+@dataclass
+class FieldCell:
+    """One cell found in a field, in field (native) pixels."""
+
+    box: Tuple[int, int, int, int]  # x0, y0, x1, y1 of the cell's bounding box, x1/y1 exclusive
+    cell_mask: np.ndarray  # bool [y1 - y0, x1 - x0], the whole cell
+    nuc_mask: np.ndarray  # bool, same box: its nucleus
+    score: float  # mean cell probability inside the mask
+    probs: Optional[np.ndarray] = None  # class probabilities, when classified
+    measurements: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- 1. tiled field model
+
+def tiled_probabilities(image: np.ndarray, models: FieldModels) -> np.ndarray:
+    """Flip-free foreground and nucleus probabilities [2, H, W] of an image at the model scale.
+
+    Tiles overlap by a quarter of their side; each output pixel comes from the tile whose centre is nearest,
+    so no pixel is taken from near a tile's edge, where the model sees little context.
+    """
+    tile, height, width = models.tile, image.shape[0], image.shape[1]
+    step = tile * 3 // 4
+    corners = grid_corners((height, width), tile) if max(height, width) <= tile else \
+        [(top, left) for top in stride_starts(height, tile, step) for left in stride_starts(width, tile, step)]
+    probs = np.zeros((2, height, width), np.float32)
+    best = np.full((height, width), np.inf, np.float32)  # distance of each pixel to the centre of the tile it came from
+    yy, xx = np.mgrid[0:tile, 0:tile].astype(np.float32)
+    centre_distance = np.maximum(np.abs(yy - (tile - 1) / 2), np.abs(xx - (tile - 1) / 2))
+    for chunk in batched(corners, models.batch_size):
+        batch = np.stack([normalize_image(crop_padded(image, top, left, tile, PAD_RGB)) for top, left in chunk])
+        outputs = sigmoid(models.field(batch))  # [B, 2, T, T]
+        for (top, left), output in zip(chunk, outputs):
+            rows, cols = slice(top, min(top + tile, height)), slice(left, min(left + tile, width))
+            h, w = rows.stop - top, cols.stop - left
+            closer = centre_distance[:h, :w] < best[rows, cols]
+            best[rows, cols][closer] = centre_distance[:h, :w][closer]
+            probs[:, rows, cols][:, closer] = output[:, :h, :w][:, closer]
+    return probs
+
+
+def stride_starts(length: int, tile: int, step: int) -> List[int]:
+    starts = list(range(0, max(length - tile, 0) + 1, step))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts
+
+
+# ---------------------------------------------------------------- 2. nuclei
+
+def nucleus_instances(nuc_prob: np.ndarray) -> np.ndarray:
+    """int32 [H, W] nucleus labels: the thresholded map, touching nuclei split by a distance-transform watershed."""
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    mask = fill_holes(nuc_prob > 0.5)
+    distance = ndimage.distance_transform_edt(mask)
+    peaks = peak_local_max(distance, min_distance=NUCLEUS_SPLIT_PX, threshold_abs=NUCLEUS_SPLIT_PX / 2,
+                           labels=ndimage.label(mask)[0], exclude_border=False)
+    markers = np.zeros(mask.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    labels = watershed(-distance, markers, mask=mask)
+    # a component without a peak (too thin for one) is still a nucleus
+    unmarked, count = ndimage.label(mask & (labels == 0))
+    labels[unmarked > 0] = unmarked[unmarked > 0] + labels.max()
+    sizes = np.bincount(labels.ravel())
+    labels[sizes[labels] < MIN_NUCLEUS_PX] = 0
+    return relabel(labels)
+
+
+def relabel(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 1..N in order of appearance, 0 kept as background."""
+    values = np.unique(labels)
+    lookup = np.zeros(values.max() + 1, np.int32)
+    lookup[values[values > 0]] = np.arange(1, (values > 0).sum() + 1)
+    return lookup[labels]
+
+
+# ---------------------------------------------------------------- 3. cells
+
+def nucleus_centres(labels: np.ndarray) -> List[Tuple[int, np.ndarray]]:
+    """(label, centroid (row, col)) of every nucleus."""
+    indices = [label for label in range(1, labels.max() + 1)]
+    centres = ndimage.center_of_mass(np.ones_like(labels), labels, indices)
+    return [(label, np.asarray(centre)) for label, centre in zip(indices, centres) if np.all(np.isfinite(centre))]
+
+
+def cell_windows(image: np.ndarray, labels: np.ndarray, nuclei: Sequence[Tuple[int, np.ndarray]],
+                 models: FieldModels) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
+    """(nucleus label, cell probability, nucleus probability) per nucleus, both [window, window] around its centre."""
+    window, size = models.window, models.instance_size
+    for chunk in batched(list(nuclei), models.batch_size):
+        crops = [window_crop(image, labels == label, centre, window, size) for label, centre in chunk]
+        outputs = sigmoid(models.instances(np.stack([window_input(rgb, marker) for rgb, marker in crops])))
+        for (label, _), output in zip(chunk, outputs):
+            back = [cv2.resize(channel, (window, window), interpolation=cv2.INTER_LINEAR) for channel in output]
+            yield label, back[0], back[1]
+
+
+def window_cell(cell_prob: np.ndarray, nuc_prob: np.ndarray, nucleus: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
+    """(cell mask, nucleus mask, score) in a window: the cell's component that holds its nucleus, solid."""
+    cell = cell_prob > 0.5
+    nucleus = (nuc_prob > 0.5) | nucleus
+    components, count = ndimage.label(cell | nucleus)
+    owner = np.bincount(components[nucleus & (components > 0)]).argmax() if (nucleus & (components > 0)).any() else 0
+    if owner == 0:
+        return None
+    cell = fill_holes(components == owner)
+    nucleus = fill_holes(largest_component(nucleus & cell))
+    return cell, nucleus, float(cell_prob[cell].mean())
+
+
+# ---------------------------------------------------------------- a whole field, block by block
+
+def block_origins(length: int, block: int) -> List[int]:
+    return list(range(0, length, block))
+
+
+def segment_field(read: Callable[[int, int, int, int], np.ndarray], shape: Tuple[int, int], models: FieldModels,
+                  block: int = 2048) -> List[FieldCell]:
+    """Every cell of a field.
+
+    Args:
+        read: (top, left, bottom, right) in field pixels -> uint8 RGB of that region (clipped to the field).
+        shape: (height, width) of the field in its own pixels.
+        models: the field and instance models.
+        block: side of a block in field pixels; memory grows with (block + a cell window)^2, not the field.
+
+    Returns:
+        the cells, in field pixels, each once.
+    """
+    halo = int(np.ceil(models.window / models.scale / 2)) + 8  # field px around a block: any cell of it fits
+    cells = []
+    for top in block_origins(shape[0], block):
+        for left in block_origins(shape[1], block):
+            region = (max(top - halo, 0), max(left - halo, 0), min(top + block + halo, shape[0]), min(left + block + halo, shape[1]))
+            core = (top, left, min(top + block, shape[0]), min(left + block, shape[1]))
+            cells += segment_block(read(*region), region, core, models)
+    return cells
+
+
+def to_model_scale(image: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return image
+    return cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                      interpolation=cv2.INTER_AREA)
+
+
+def segment_block(image: np.ndarray, region: Tuple[int, int, int, int], core: Tuple[int, int, int, int],
+                  models: FieldModels) -> List[FieldCell]:
+    """The cells whose nucleus centre lies in `core` (field px), found in `image` = the field's `region`."""
+    scaled = to_model_scale(image, models.scale)
+    probs = tiled_probabilities(scaled, models)
+    labels = nucleus_instances(probs[1])
+    nuclei = []
+    for label, centre in nucleus_centres(labels):
+        row, col = region[0] + centre[0] / models.scale, region[1] + centre[1] / models.scale
+        if core[0] <= row < core[2] and core[1] <= col < core[3]:
+            nuclei.append((label, centre))
+    cells = []
+    for label, cell_prob, nuc_prob in cell_windows(scaled, labels, nuclei, models):
+        centre = dict(nuclei)[label]
+        top, left = int(round(centre[0])) - models.window // 2, int(round(centre[1])) - models.window // 2
+        seed = crop_padded((labels == label).astype(np.uint8), top, left, models.window, 0).astype(bool)
+        found = window_cell(cell_prob, nuc_prob, seed)
+        if found is not None:
+            cells.append(to_field_cell(*found, (top, left), region, models.scale, image.shape[:2]))
+    return [cell for cell in cells if cell is not None]
+
+
+def to_field_cell(cell: np.ndarray, nucleus: np.ndarray, score: float, window_corner: Tuple[int, int],
+                  region: Tuple[int, int, int, int], scale: float, region_shape: Tuple[int, int]) -> Optional[FieldCell]:
+    """A window's cell brought back to field pixels, cropped to its bounding box and to the region."""
+    rows, cols = np.nonzero(cell)
+    y0, y1, x0, x1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    cell, nucleus = cell[y0:y1, x0:x1], nucleus[y0:y1, x0:x1]
+    top, left = window_corner[0] + y0, window_corner[1] + x0  # in the region at the model scale
+    if scale != 1.0:
+        top, left = int(round(top / scale)), int(round(left / scale))
+        size = (max(1, round(cell.shape[1] / scale)), max(1, round(cell.shape[0] / scale)))
+        cell, nucleus = (cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+                         for mask in (cell, nucleus))
+    # the window may reach past the image (it was padded there): keep what lies inside
+    clip_top, clip_left = max(-top, 0), max(-left, 0)
+    clip_bottom = max(top + cell.shape[0] - region_shape[0], 0)
+    clip_right = max(left + cell.shape[1] - region_shape[1], 0)
+    cell = cell[clip_top:cell.shape[0] - clip_bottom, clip_left:cell.shape[1] - clip_right]
+    nucleus = nucleus[clip_top:nucleus.shape[0] - clip_bottom, clip_left:nucleus.shape[1] - clip_right]
+    if not cell.any():
+        return None
+    top, left = top + clip_top, left + clip_left
+    box = (region[1] + left, region[0] + top, region[1] + left + cell.shape[1], region[0] + top + cell.shape[0])
+    return FieldCell(box, cell, nucleus & cell, score)
+
+
+# ---------------------------------------------------------------- classification of the cells
+
+def cell_crop(read: Callable, shape: Tuple[int, int], cell: FieldCell) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cell cut out as SIPaKMeD cluster cells are for training (its box plus CLUSTER_CROP_MARGIN), with its masks."""
+    x0, y0, x1, y1 = cell.box
+    top, left = max(y0 - CLUSTER_CROP_MARGIN, 0), max(x0 - CLUSTER_CROP_MARGIN, 0)
+    bottom, right = min(y1 + CLUSTER_CROP_MARGIN, shape[0]), min(x1 + CLUSTER_CROP_MARGIN, shape[1])
+    image = read(top, left, bottom, right)
+    masks = [np.zeros(image.shape[:2], bool) for _ in range(2)]
+    for full, part in zip(masks, (cell.cell_mask, cell.nuc_mask)):
+        full[y0 - top:y1 - top, x0 - left:x1 - left] = part
+    return image, masks[0], masks[1]
+
+
+def classify_cells(read: Callable, shape: Tuple[int, int], cells: List[FieldCell], pipeline: CellPipeline,
+                   batch_size: int = 16) -> None:
+    """Set each cell's class probabilities with the single-cell classifier (stage 2)."""
+    for chunk in batched(cells, batch_size):
+        crops = [cell_crop(read, shape, cell) for cell in chunk]
+        predictions = pipeline.predict([image for image, _, _ in crops], [(cell, nuc) for _, cell, nuc in crops])
+        for cell, prediction in zip(chunk, predictions):
+            cell.probs = prediction.probs
+
+
+# ---------------------------------------------------------------- reading fields and models
+
+def open_field(path) -> Tuple[Callable[[int, int, int, int], np.ndarray], Tuple[int, int], Optional[np.ndarray]]:
+    """(read(top, left, bottom, right) -> uint8 RGB, (height, width), the whole image or None when read by regions).
+
+    An uncompressed TIFF is mapped, not read: regions come off the disk as they are needed, so a 20000 x 20000
+    slide never sits in memory whole. Other files are decoded whole (their formats cannot be read by region).
+    """
+    from utils.preprocessing import read_image, to_rgb8
+
+    if str(path).lower().endswith((".tif", ".tiff")):
+        try:
+            import tifffile
+
+            mapped = tifffile.memmap(str(path), mode="r")
+        except Exception:  # compressed or tiled: not mappable
+            mapped = None
+        if mapped is not None and mapped.ndim in (2, 3):
+            def read_region(top, left, bottom, right):
+                region = np.asarray(mapped[top:bottom, left:right])
+                if region.ndim == 3 and region.shape[2] >= 3:
+                    region = region[..., 2::-1] if region.shape[2] == 3 else region[..., [2, 1, 0, 3]]  # to BGR(A)
+                return to_rgb8(region)
+
+            return read_region, mapped.shape[:2], None
+    image = read_image(path)
+    return (lambda top, left, bottom, right: image[top:bottom, left:right]), image.shape[:2], image
+
+
+def load_field_models(fields_checkpoint, instances_checkpoint, device, batch_size: int = 8) -> FieldModels:
+    """The two field models from their checkpoints (train_fields.py), run by PyTorch."""
+    from tools.checkpoint import load_model
+    from tools.inference import TorchBackend
+
+    field_model, field_state = load_model(fields_checkpoint, "fields", device)
+    instance_model, instance_state = load_model(instances_checkpoint, "instances", device)
+    args = instance_state["args"]
+    return FieldModels(TorchBackend(field_model, device), TorchBackend(instance_model, device), float(args["field_scale"]),
+                       int(field_state["args"]["tile_size"]), int(args["cell_window"]), int(args["instance_size"]), batch_size)

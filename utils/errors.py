@@ -1,0 +1,43 @@
+"""Errors meant for the person running a script, printed as one line without a traceback."""
+import errno
+import functools
+import sys
+
+# Exit codes: 2 for a problem with the input (argparse uses it too), 130 for Ctrl-C (128 + SIGINT, as shells do)
+USER_ERROR_EXIT, INTERRUPTED_EXIT = 2, 130
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class UserError(Exception):
+    """A problem with the user's input (a file, a flag, a folder): say which, what is wrong, what to do."""
+
+
+_kept = {"note": "nothing was written yet"}
+
+
+def note_kept(text: str) -> None:
+    """Say what a run has safely written so far; an interruption or a full disk reports it in its one line."""
+    _kept["note"] = text
+
+
+def exit_on_user_error(main):
+    """Run `main`; a UserError, Ctrl-C or a full disk become one line on stderr and an exit code, not a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(USER_ERROR_EXIT)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {_kept['note']}", file=sys.stderr)
+            sys.exit(INTERRUPTED_EXIT)
+        except OSError as error:
+            if error.errno not in DISK_FULL_ERRNOS:
+                raise
+            print(f"error: disk full writing {error.filename or 'a file'}: {_kept['note']}; free space and run again",
+                  file=sys.stderr)
+            sys.exit(USER_ERROR_EXIT)
+
+    return wrapper
