@@ -23,14 +23,14 @@ from tools.calibration import TEMPERATURE_RANGE
 from tools.config import HelpFormatter, data_parser, positive_int
 from tools.data_loader import open_dataset, usable_cells
 from tools.checkpoint import load_checkpoint
-from tools.inference import CellPipeline, batched, load_pipeline, softmax, torch_pipeline
+from tools.inference import CellPipeline, batched, combined, load_pipeline, softmax, torch_pipeline
 from tools.field_data import is_field_layout
 from tools.layouts import CellRecord, read_records
 from tools.masks import PredictedMaskFiles, ground_truth_masks
 from tools.metrics import (SegmentationMeter, binary_metrics, bootstrap_accuracy_ci, classification_metrics,
                            default_class_order, expected_calibration_error, grade_metrics, normal_class_names,
                            reliability_bins)
-from tools.run_dir import RunLock, RunPaths, check_writable
+from tools.run_dir import RunLock, RunPaths, check_outside_data, check_writable
 from tools.splits import manifest_sha1
 from utils.errors import UserError, exit_on_user_error
 from utils.report import ErrorExample, thumbnail, worst_errors, write_report
@@ -100,6 +100,7 @@ class Evaluation:
     def __init__(self, num_overlays: int):
         self.seg_meter = SegmentationMeter()
         self.view_logits: List[np.ndarray] = []  # [V, K] per cell
+        self.measurement_probs: List[Optional[np.ndarray]] = []  # [K] per cell (None without a measurement model)
         self.panels: List = []
         self.num_overlays = num_overlays
 
@@ -117,6 +118,13 @@ class Evaluation:
                 self.panels.append((record.sample_id.split("/")[-1], overlay_masks(image, cell, nuc, *(truth or (None, None)))))
         classified = pipeline.predict(images, truths if use_gt_masks else predicted)
         self.view_logits += [cell.view_logits for cell in classified]
+        self.measurement_probs += [cell.measurement_probs for cell in classified]
+
+    def probs(self, temperature: float) -> np.ndarray:
+        """[N, K] the classifier's probabilities with the CNN's logits divided by `temperature`."""
+        cnn_probs = softmax(np.stack(self.view_logits), temperature).mean(axis=1)
+        extra = None if self.measurement_probs[0] is None else np.stack(self.measurement_probs)
+        return combined(cnn_probs, extra)
 
 
 def error_gallery(pipeline: CellPipeline, records, labels, probs, class_names, use_gt_masks: bool, limit: int,
@@ -133,8 +141,7 @@ def error_gallery(pipeline: CellPipeline, records, labels, probs, class_names, u
     return examples
 
 
-def classification_results(labels, view_logits, class_names, temperature, class_order) -> Dict:
-    probs = softmax(view_logits, temperature).mean(axis=1)  # [N, K]
+def classification_results(labels, probs, class_names, class_order) -> Dict:
     metrics = classification_metrics(labels, probs, class_names)
     metrics["accuracy_ci95"] = bootstrap_accuracy_ci(labels, probs.argmax(axis=1))
     if class_order:
@@ -167,31 +174,37 @@ def evaluate_fields(args, paths: RunPaths) -> None:
 
     models = load_field_models(paths.checkpoint("fields"), paths.checkpoint("instances"), resolve_device(args.device))
     records = read_fields(args.data_root)[0] if args.split == "all" else open_fields(args, paths).by_split[args.split]
-    nuclei, cells, aji, panels = [], [], [], []
+    scores = {}  # group (the field's folder, e.g. synthetic / edf) -> {"nuclei": [...], "cells": [...], "aji": [...]}
+    panels = []
     for record in tqdm(records, desc="evaluating fields", unit="field"):
         sample = load_field(record)
         found = segment_field(lambda t, l, b, r: sample.image[t:b, l:r], sample.image.shape[:2], models)
         cell_masks, nuc_masks = full_size(found, sample.image.shape[:2])
-        if sample.nuc_labels is not None:
-            nuclei.append(detection_scores(instance_masks(sample.nuc_labels), nuc_masks))
-        if sample.cell_masks is not None:
-            cells.append(isbi_cell_scores(sample.cell_masks, cell_masks))
-            aji.append(aggregated_jaccard_index(sample.cell_masks, cell_masks))
+        for group in ("all", record.label or "fields"):
+            group_scores = scores.setdefault(group, {"nuclei": [], "cells": [], "aji": []})
+            if sample.nuc_labels is not None:
+                group_scores["nuclei"].append(detection_scores(instance_masks(sample.nuc_labels), nuc_masks))
+            if sample.cell_masks is not None:
+                group_scores["cells"].append(isbi_cell_scores(sample.cell_masks, cell_masks))
+                group_scores["aji"].append(aggregated_jaccard_index(sample.cell_masks, cell_masks))
         if len(panels) < args.num_overlays:
             panels.append((record.field_id, overlay_field(sample.image, found)))
-    results = {"data_root": str(args.data_root), "split": args.split, "num_fields": len(records),
-               "nuclei": pool_detection_scores(nuclei) if nuclei else None,
-               "cells": {**pool_isbi_cell_scores(cells), "aji": float(np.mean(aji))} if cells else None}
+    pooled = {group: {"nuclei": pool_detection_scores(s["nuclei"]) if s["nuclei"] else None,
+                      "cells": {**pool_isbi_cell_scores(s["cells"]), "aji": float(np.mean(s["aji"]))} if s["cells"] else None}
+              for group, s in scores.items()}
+    results = {"data_root": str(args.data_root), "split": args.split, "num_fields": len(records), **pooled.pop("all"),
+               "by_folder": pooled}
     (paths.eval / "metrics.json").write_text(json.dumps(results, indent=2))
     if panels:
         save_overlay_grid(panels, paths.eval / "overlays.png", ncols=3)
-    if results["nuclei"]:
-        n = results["nuclei"]
-        print(f"nuclei ({n['tp'] + n['fn']} annotated): F1 {n['f1']:.4f} (precision {n['precision']:.4f}, recall "
-              f"{n['recall']:.4f}) at IoU 0.5, Dice of matched nuclei {n['dice_matched']:.4f}")
-    if results["cells"]:
-        c = results["cells"]
-        print(f"cells ({c['n_gt']} annotated): Dice {c['dice']:.4f}, FNo {c['fno']:.4f}, AJI {c['aji']:.4f}")
+    for group, part in [("all", results), *results["by_folder"].items()]:
+        if part["nuclei"]:
+            n = part["nuclei"]
+            print(f"{group}: nuclei ({n['tp'] + n['fn']} annotated): F1 {n['f1']:.4f} (precision {n['precision']:.4f}, "
+                  f"recall {n['recall']:.4f}) at IoU 0.5, Dice of matched nuclei {n['dice_matched']:.4f}")
+        if part["cells"]:
+            c = part["cells"]
+            print(f"{group}: cells ({c['n_gt']} annotated): Dice {c['dice']:.4f}, FNo {c['fno']:.4f}, AJI {c['aji']:.4f}")
     print(f"wrote {paths.eval / 'metrics.json'}")
 
 
@@ -208,6 +221,7 @@ def overlay_field(image: np.ndarray, cells) -> np.ndarray:
 def main(argv=None) -> None:
     args = get_args(argv)
     paths = RunPaths(args.run_dir)
+    check_outside_data(paths.root, args.data_root)
     check_writable(paths.eval)
     with RunLock(paths.root):
         if is_field_layout(args.layout, args.data_root):
@@ -234,11 +248,9 @@ def write_results(args, paths: RunPaths, pipeline: CellPipeline, records, evalua
     """metrics.json, the plots, overlays.png and report.html under <run-dir>/outputs/eval/."""
     class_names, temperature = pipeline.class_names, pipeline.temperature
     labels = np.array([class_names.index(r.label) for r in records])
-    view_logits = np.stack(evaluation.view_logits)  # [N, V, K]
     class_order = args.class_order or cls_checkpoint.get("class_order") or default_class_order(class_names)
-    cls_metrics = classification_results(labels, view_logits, class_names, temperature, class_order)
-    probs = softmax(view_logits, temperature).mean(axis=1)
-    raw_probs = softmax(view_logits, 1.0).mean(axis=1)
+    probs, raw_probs = evaluation.probs(temperature), evaluation.probs(1.0)
+    cls_metrics = classification_results(labels, probs, class_names, class_order)
     normal = normal_class_names(class_names, args.normal_classes)
     abnormal = [c for c in class_names if c not in normal]
     results = {

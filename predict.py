@@ -16,6 +16,7 @@ import glob
 import json
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -27,12 +28,15 @@ from tqdm import tqdm
 from tools.config import HelpFormatter, checkpoint_parser, device_name, positive_int, resolve_checkpoints
 from tools.inference import CellPipeline, CellPrediction, batched, load_pipeline, torch_pipeline
 from tools.layouts import IMAGE_EXTENSIONS, is_hidden, paired_mask_files
+from tools.morphometry import FEATURE_NAMES, cell_measurements
 from tools.run_dir import RunLock, RunPaths, check_writable
+from utils.console import seconds_since_process_start
 from utils.errors import UserError, exit_on_user_error
 from utils.preprocessing import read_image, unletterbox
 from utils.overlays import blend_heatmap, overlay_masks
 
-NC_RATIO_DEFINITION = "nucleus area / cytoplasm area, cytoplasm = whole cell minus nucleus (pixels)"
+NC_RATIO_DEFINITION = "nucleus area / cytoplasm area, cytoplasm = whole cell minus nucleus (pixels); the other " \
+                      "measurements are defined in tools/morphometry.py"
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -145,11 +149,14 @@ def gradcam_heatmaps(pipeline: CellPipeline, images: Sequence[np.ndarray], cells
     return [unletterbox(cam, cell.box, image.shape[:2]) for cam, cell, image in zip(cams, cells, images)]
 
 
-def morphometrics(cell_mask: np.ndarray, nuc_mask: np.ndarray) -> Dict[str, Optional[float]]:
-    nucleus_area = int(np.count_nonzero(nuc_mask))
-    cytoplasm_area = int(np.count_nonzero(cell_mask & ~nuc_mask))
-    return {"nucleus_area_px": nucleus_area, "cytoplasm_area_px": cytoplasm_area,
-            "nc_ratio": nucleus_area / cytoplasm_area if cytoplasm_area else None}  # None: no cytoplasm found
+def morphometrics(image: np.ndarray, cell: CellPrediction) -> Dict[str, Optional[float]]:
+    """Every measurement of tools/morphometry.py, with nc_ratio None (not 0) when no cytoplasm was found."""
+    values = cell.measurements if cell.measurements is not None else cell_measurements(image, cell.cell_mask, cell.nuc_mask)
+    named = {name: float(value) for name, value in zip(FEATURE_NAMES, values)}
+    named["nucleus_area_px"], named["cytoplasm_area_px"] = int(named["nucleus_area_px"]), int(named["cytoplasm_area_px"])
+    if not named["cytoplasm_found"] or not named["nucleus_found"]:
+        named["nc_ratio"] = None
+    return named
 
 
 def write_png(path: Path, image: np.ndarray) -> str:
@@ -174,26 +181,27 @@ def write_cell_outputs(output_dir: Path, name: str, image: np.ndarray, cell: Cel
     return written
 
 
-def prediction_row(path: Path, name: str, cell: CellPrediction, class_names: Sequence[str], outputs: Dict[str, str]) -> Dict:
+def prediction_row(path: Path, name: str, image: np.ndarray, cell: CellPrediction, class_names: Sequence[str],
+                   outputs: Dict[str, str]) -> Dict:
     return {"file": str(path), "name": name, "predicted_class": class_names[int(cell.probs.argmax())],
             "probabilities": {c: float(p) for c, p in zip(class_names, cell.probs)},
-            **morphometrics(cell.cell_mask, cell.nuc_mask), "outputs": outputs}
+            "measurements": morphometrics(image, cell), "outputs": outputs}
 
 
-def write_tables(output_dir: Path, rows: List[Dict], failed: List[Dict], pipeline: CellPipeline, args: argparse.Namespace) -> None:
+def write_tables(output_dir: Path, rows: List[Dict], failed: List[Dict], pipeline: CellPipeline, args: argparse.Namespace,
+                 seconds: Dict[str, float]) -> None:
     """predictions.csv (one row per predicted image) and predictions.json (the same, plus the run's settings and failures)."""
-    columns = ["file", "name", "predicted_class", *(f"prob_{c}" for c in pipeline.class_names),
-               "nucleus_area_px", "cytoplasm_area_px", "nc_ratio"]
+    columns = ["file", "name", "predicted_class", *(f"prob_{c}" for c in pipeline.class_names), *FEATURE_NAMES]
     with open(output_dir / "predictions.csv", "w", newline="") as table:
         writer = csv.DictWriter(table, columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({**{k: row[k] for k in ("file", "name", "predicted_class", "nucleus_area_px", "cytoplasm_area_px")},
+            writer.writerow({**{k: row[k] for k in ("file", "name", "predicted_class")},
                              **{f"prob_{c}": f"{p:.6f}" for c, p in row["probabilities"].items()},
-                             "nc_ratio": "" if row["nc_ratio"] is None else f"{row['nc_ratio']:.6f}"})
+                             **{k: "" if v is None else f"{v:.6g}" for k, v in row["measurements"].items()}})
     summary = {"seg_checkpoint": str(args.seg_checkpoint), "cls_checkpoint": str(args.cls_checkpoint),
                "class_names": pipeline.class_names, "temperature": pipeline.temperature,
-               "nc_ratio": NC_RATIO_DEFINITION, "predictions": rows, "failed": failed}
+               "nc_ratio": NC_RATIO_DEFINITION, "seconds": seconds, "predictions": rows, "failed": failed}
     (output_dir / "predictions.json").write_text(json.dumps(summary, indent=1))
 
 
@@ -273,6 +281,7 @@ def main(argv=None) -> int:
     pipeline = load_pipeline(args.seg_checkpoint, args.cls_checkpoint, RunPaths(args.run_dir).onnx, backend, args.device,
                              args.threads)
     check_writable(args.output_dir)
+    start_up, started = seconds_since_process_start(), time.perf_counter()
 
     rows, failed = [], []
     with RunLock(args.output_dir), tqdm(total=len(paths), desc="predicting", unit="cell") as progress:
@@ -283,11 +292,13 @@ def main(argv=None) -> int:
             for index, image, cell, heatmap in zip(indices, images, cells, heatmaps):
                 path, name = chunk[index]
                 outputs = write_cell_outputs(args.output_dir, name, image, cell, heatmap)
-                rows.append(prediction_row(path, name, cell, pipeline.class_names, outputs))
+                rows.append(prediction_row(path, name, image, cell, pipeline.class_names, outputs))
             progress.update(len(chunk))
-        write_tables(args.output_dir, rows, failed, pipeline, args)
+        seconds = {"start_up": round(start_up, 3), "predicting": round(time.perf_counter() - started, 3)}
+        write_tables(args.output_dir, rows, failed, pipeline, args, seconds)
 
-    print(f"predicted {len(rows)} of {len(paths)} images (class probabilities at temperature {pipeline.temperature:.3f}); "
+    print(f"predicted {len(rows)} of {len(paths)} images in {seconds['predicting']:.1f}s ({len(rows) / seconds['predicting']:.1f} "
+          f"cells/s; start-up {start_up:.1f}s), class probabilities at temperature {pipeline.temperature:.3f}; "
           f"wrote {args.output_dir / 'predictions.csv'} and predictions.json")
     if failed:
         print(f"{len(failed)} image(s) could not be read, listed above and in predictions.json", file=sys.stderr)

@@ -22,6 +22,7 @@ from tools.engine import Task, fit, seed_everything
 from tools.inference import torch_pipeline
 from tools.layouts import CellRecord
 from tools.masks import MaskProvider, PredictedMaskFiles, export_masks, ground_truth_masks
+from tools.measurement_model import fit_measurement_model
 from tools.metrics import classification_metrics
 from tools.morphometry import FEATURE_NAMES
 from tools.optim import adamw, warmup_cosine
@@ -116,10 +117,11 @@ def train(args: argparse.Namespace, split: DatasetSplit, paths: RunPaths, resume
     provider = mask_provider(args, paths, split.by_split["train"] + split.by_split["val"], device)
 
     # 2. Decode and letterbox once (RGB + masks), then wrap in augmenting datasets
-    train_cells = prepare_cells(split.by_split["train"], args.img_size, provider, "loading train cells", args.cache_dir,
-                                args.measurements)
-    val_cells = prepare_cells(split.by_split["val"], args.img_size, provider, "loading val cells", args.cache_dir,
-                              args.measurements)
+    train_cells = prepare_cells(split.by_split["train"], args.img_size, provider, "loading train cells", args.cache_dir, True)
+    val_cells = prepare_cells(split.by_split["val"], args.img_size, provider, "loading val cells", args.cache_dir, True)
+    train_measurements = train_cells.measurements
+    if not args.measurements:  # the measurements then serve the measurement model only, not the CNN
+        train_cells.measurements, val_cells.measurements = None, None
     sample_weights = balanced_sample_weights(split.by_split["train"]) if args.balanced_sampling else None
     train_loader = make_loader(ClassificationDataset(train_cells, class_names, train=True), args.batch_size, True,
                                args.workers, device, args.seed, drop_last=len(train_cells.images) > args.batch_size,
@@ -141,8 +143,14 @@ def train(args: argparse.Namespace, split: DatasetSplit, paths: RunPaths, resume
     print(f"classification: {args.backbone} ({origin}), {len(class_names)} classes, {len(train_cells.images)} train / "
           f"{len(val_cells.images)} val cells, {args.mask_source} masks, {args.img_size}px, {args.epochs} epochs on {device}")
 
-    # 4. Train
+    # 4. The measurement model, whose probabilities the CNN's are averaged with (tools/measurement_model.py)
+    extra = {}
+    if args.measurement_model:
+        labels = [class_names.index(r.label) for r in split.by_split["train"]]
+        extra["measurement_model"] = fit_measurement_model(train_measurements, labels, len(class_names))
+
+    # 5. Train
     settings = provenance(args, manifest_sha1(split.manifest_path), {"mask_source": args.mask_source})
-    run = RunState("classification", vars(args), config, class_names, settings)
+    run = RunState("classification", vars(args), config, class_names, settings, extra)
     return fit(model, task, train_loader, val_loader, optimizer, scheduler, device, args.epochs, run,
                paths.checkpoints, paths.logs("classification"), resume, accel, args.ema_decay)

@@ -1,12 +1,18 @@
 """Fault injection through the real entry points.
 
 Every bad input ends either in ONE line on stderr, `error: <file>: <what is wrong>; <what to do>`, with
-exit code 2 and no traceback, or in a run that works and gives the right result. Datasets are tiny and
-training is one epoch of timm's test ConvNeXt at 64 px, so the whole file stays well under a minute.
+exit code 2 and no traceback, or in a run that works and gives the right result. A bad flag ends in argparse's
+usage and one line naming it (exit code 2), Ctrl-C in one `interrupted: <what was kept>` line (exit code 130).
+Datasets are tiny and training is one epoch of timm's test ConvNeXt at 64 px, so the whole file stays well
+under a minute.
 """
+import errno
 import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -17,6 +23,9 @@ import torch
 import evaluate
 import main_classify
 import main_segment
+import predict
+from tools import checkpoint as checkpoint_module
+from tools import engine
 from tools.layouts import read_records
 from tools.masks import ground_truth_masks
 from tools.run_dir import RunPaths
@@ -64,6 +73,36 @@ def expect_user_error(capsys, main, argv, *fragments) -> str:
     for fragment in fragments:
         assert str(fragment) in message, f"{fragment!r} not in {message!r}"
     return message
+
+
+def expect_usage_error(capsys, main, argv, flag, *fragments) -> str:
+    """argparse's refusal: exit code 2, its usage block, then ONE line `<prog>: error: ...` naming the flag."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(main, argv)
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    lines = visible_lines(stderr)
+    usage, message = lines[:-1], lines[-1]
+    assert "Traceback" not in stderr and usage and usage[0].startswith("usage: "), lines
+    assert all(line.startswith(" ") for line in usage[1:]), lines  # the rest of the usage block, wrapped and indented
+    assert ": error: " in message and flag in message, message
+    for fragment in fragments:
+        assert str(fragment) in message, f"{fragment!r} not in {message!r}"
+    return message
+
+
+def expect_interrupted(capsys, main, argv) -> str:
+    """Ctrl-C: exit code 130 and ONE line `interrupted: <what was kept>`, no traceback."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(main, argv)
+    assert exit_info.value.code == 130
+    stderr = capsys.readouterr().err
+    lines = visible_lines(stderr)
+    assert "Traceback" not in stderr and [line for line in lines if line.startswith(("interrupted", "error"))] == lines[-1:]
+    assert lines[-1].startswith("interrupted: "), lines
+    return lines[-1]
 
 
 def copy_tree(source: Path, tmp_path: Path) -> Path:
@@ -190,6 +229,59 @@ def test_empty_nucleus_mask_and_rgba_mask_are_data(paired_root, trained, tmp_pat
     assert read_metrics(out)["num_cells"] == 12
 
 
+@pytest.mark.parametrize("classes", [("abnormal", "normal"), ("normal",)], ids=["every_class", "one_class"])
+def test_upper_case_mask_names_are_masks_of_the_paired_layout(paired_root, trained, tmp_path, classes):
+    """1N.PNG and 1C.PNG (as some Windows tools save them) are 1.BMP's masks, not cells of a labels-only layout."""
+    root = copy_tree(paired_root, tmp_path)
+    for mask in [path for name in classes for path in (root / name).glob("*.png")]:
+        mask.rename(mask.with_suffix(".PNG"))
+    records, layout = read_records(root)
+    assert layout == "paired" and len(records) == 12 and all(r.has_masks for r in records)
+
+    out = tmp_path / "eval"
+    run(evaluate.main, evaluate_args(root, out, trained, "--split", "all", "--mask-source", "gt"))
+    metrics = read_metrics(out)
+    assert metrics["num_cells"] == 12 and "dice_nuc" in metrics["segmentation"]  # scored against the .PNG masks
+
+
+def test_cell_mask_that_is_all_white_is_refused(paired_root, tmp_path, capsys):
+    """A blank white export (or an inverted mask) would teach that the whole crop is cell."""
+    root = copy_tree(paired_root, tmp_path)
+    cv2.imwrite(str(root / "normal" / "2C.png"), np.full((40, 56), 255, np.uint8))
+    expect_user_error(capsys, main_segment.main, segment_args(root, tmp_path / "run"), root / "normal" / "2C.png",
+                      "the cell mask covers 100% of its image", "fix it or remove the cell")
+
+
+def test_nucleus_drawn_outside_its_cell_is_refused(paired_root, tmp_path, capsys):
+    root = copy_tree(paired_root, tmp_path)
+    nucleus = np.zeros((40, 56), np.uint8)
+    cv2.circle(nucleus, (4, 4), 3, 255, -1)  # in the corner, which the cell's ellipse never reaches
+    cv2.imwrite(str(root / "normal" / "2N.png"), nucleus)
+    expect_user_error(capsys, main_segment.main, segment_args(root, tmp_path / "run"), root / "normal" / "2C.png",
+                      "2N.png", "the nucleus lies outside its cell", "fix them or remove the cell")
+
+
+@pytest.mark.parametrize("change", ["same_size", "new_size"])
+def test_image_changed_after_its_masks_were_predicted(paired_root, trained, tmp_path, capsys, change):
+    """The masks main_segment.py exported (copied from the trained run, as if it had run into this folder) are of the
+    old image; with a new size too the advice is to predict them again, not to redraw a mask nobody drew."""
+    root, out = copy_tree(paired_root, tmp_path), tmp_path / "run"
+    shutil.copytree(trained.parent / "outputs" / "masks", RunPaths(out).masks)
+    image = load_split(read_records(root)[0], RunPaths(out).manifest(root), root, "paired")["train"][0].image_path
+    bgr = bgr_of(image)
+    if change == "same_size":
+        assert cv2.imwrite(str(image), 255 - bgr)
+    else:  # another cell with its own annotation: the ground truth fits the new image, the predicted masks do not
+        size = (64, 48)
+        assert cv2.imwrite(str(image), cv2.resize(bgr, size))
+        for mask in (image.with_name(f"{image.stem}N.png"), image.with_name(f"{image.stem}C.png")):
+            gray = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)
+            assert cv2.imwrite(str(mask), cv2.resize(gray, size, interpolation=cv2.INTER_NEAREST))
+    message = expect_user_error(capsys, main_classify.main, classify_args(root, out), image,
+                                "the image changed after its masks", "run main_segment.py again")
+    assert "redraw" not in message
+
+
 # ---------------------------------------------------------------- SIPaKMeD boundary files
 
 def first_crop_boundary(root: Path) -> Path:
@@ -244,6 +336,75 @@ def test_manifest_that_no_longer_matches_the_files(paired_root, tmp_path, capsys
                       "1 listed cells are gone", "normal/3", "delete it to re-split")
 
 
+def test_a_single_class_cannot_train_a_classifier(paired_root, tmp_path, capsys):
+    root = tmp_path / "one_class"
+    shutil.copytree(paired_root / "normal", root / "normal")
+    expect_user_error(capsys, main_classify.main, classify_args(root, tmp_path / "run", "--mask-source", "gt"),
+                      root, "only one class (normal) found", "at least two class folders")
+
+
+def test_a_class_too_small_for_val_and_test_trains_with_a_note(paired_root, trained, make_paired, tmp_path, capsys):
+    """Two cells go to train and val, none to test; the note says so, and the test's macro averages leave the class out."""
+    root, out = copy_tree(paired_root, tmp_path), tmp_path / "run"
+    make_paired(root, classes=("rare",), cells_per_class=2)
+    capsys.readouterr()
+    run(main_classify.main, classify_args(root, out, "--mask-source", "gt"))
+    printed = capsys.readouterr().out
+    note = next(line for line in printed.splitlines() if line.startswith("note: ") and "rare" in line)
+    assert "class(es) rare have no cell in the test split" in note and "macro averages leave them out" in note
+
+    run(evaluate.main, evaluate_args(root, out, trained, "--mask-source", "gt",
+                                     "--cls-checkpoint", out / "checkpoints" / "classification_best.pth"))
+    metrics = read_metrics(out)["classification"]
+    per_class = metrics["per_class"]
+    assert per_class["rare"]["support"] == 0 and metrics["roc_auc_per_class"]["rare"] is None
+    for average in ("f1", "recall", "precision"):
+        present = np.mean([per_class[name][average] for name in ("abnormal", "normal")])
+        assert metrics[f"macro_{average}"] == pytest.approx(present), average
+
+
+def test_one_cell_stored_under_two_extensions(paired_root, tmp_path, capsys):
+    root = tmp_path / "labels"  # images only: the labels-only layout
+    for image in paired_root.glob("*/[0-9].BMP"):
+        (root / image.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, root / image.parent.name / f"{image.stem}.bmp")
+    assert cv2.imwrite(str(root / "normal" / "3.png"), bgr_of(root / "normal" / "3.bmp"))
+    expect_user_error(capsys, main_classify.main, classify_args(root, tmp_path / "run"), root / "normal" / "3.bmp",
+                      "3.png", "one cell stored twice under two extensions", "keep one of them")
+
+
+def test_macos_metadata_files_are_not_cells(paired_root, tmp_path):
+    root, out = copy_tree(paired_root, tmp_path), tmp_path / "run"
+    (root / "normal" / "._1.BMP").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    (root / "abnormal" / "._2N.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    shutil.copytree(root / "normal", root / "__MACOSX" / "normal")  # a zip's shadow folder, real images in it
+    run(main_classify.main, classify_args(root, out, "--mask-source", "gt"))
+    manifest = json.loads(RunPaths(out).manifest(root).read_text())
+    assert sorted(s["id"] for s in manifest["samples"]) == [f"{c}/{n}" for c in ("abnormal", "normal") for n in range(1, 7)]
+    assert RunPaths(out).checkpoint("classification").is_file()
+
+
+# ---------------------------------------------------------------- evaluate.py and predict.py on small or odd data
+
+def test_evaluate_with_an_empty_test_split(make_paired, trained, tmp_path, capsys):
+    """Two cells per class: each class gives one to train and one to val, none to test (three would fill all three)."""
+    root, out = make_paired(tmp_path / "tiny", cells_per_class=2), tmp_path / "run"
+    run(main_classify.main, classify_args(root, out, "--mask-source", "gt"))
+    argv = evaluate_args(root, out, out / "checkpoints", "--seg-checkpoint", trained / "segmentation_best.pth")
+    expect_user_error(capsys, evaluate.main, argv, RunPaths(out).manifest(root), "the test split is empty",
+                      "add data, or score another root with --split all")
+
+
+def test_predict_on_a_paired_class_folder_leaves_out_its_masks(paired_root, trained, tmp_path):
+    folder = shutil.copytree(paired_root / "normal", tmp_path / "normal")
+    (folder / "1N.png").rename(folder / "1N.PNG")  # masks are recognised whatever their case
+    out = tmp_path / "predictions"
+    code = predict.main([str(folder), "--run-dir", str(trained.parent), "--output-dir", str(out), "--device", "cpu",
+                         "--backend", "torch"])
+    rows = json.loads((out / "predictions.json").read_text())["predictions"]
+    assert code == 0 and sorted(Path(row["file"]).name for row in rows) == [f"{n}.BMP" for n in range(1, 7)]
+
+
 # ---------------------------------------------------------------- checkpoints
 
 def test_class_the_classifier_does_not_know(paired_root, trained, tmp_path, capsys):
@@ -284,6 +445,68 @@ def test_resume_with_another_backbone_names_both(paired_root, trained, tmp_path,
                       "drop --resume")
 
 
+def test_resume_on_another_data_root_names_both(paired_root, trained, tmp_path, capsys):
+    """The same cells elsewhere still refuse: the split manifest and the best score belong to the other root."""
+    root, out = copy_tree(paired_root, tmp_path), tmp_path / "run"
+    resume = trained / "segmentation_last.pth"
+    expect_user_error(capsys, main_segment.main, segment_args(root, out, "--resume", resume), resume, "cannot resume",
+                      f"data_root {paired_root.resolve()}", f"data_root {root.resolve()}", "drop --resume")
+    assert not RunPaths(out).checkpoints.exists()
+
+
+# ---------------------------------------------------------------- a full disk and Ctrl-C while training
+
+@pytest.mark.parametrize("failure", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file data/3: file write failed"),
+], ids=["enospc", "zip_writer"])
+def test_disk_full_during_a_checkpoint_save_keeps_the_previous_one(paired_root, tmp_path, capsys, monkeypatch, failure):
+    real_save, saves = torch.save, []
+
+    def save(state, path, *args, **kwargs):  # epoch 1 writes last and best; the disk fills while epoch 2 writes last
+        saves.append(path)
+        if len(saves) == 3:
+            raise failure
+        real_save(state, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save)
+    last = RunPaths(tmp_path / "run").checkpoint("segmentation", "last")
+    expect_user_error(capsys, main_segment.main, segment_args(paired_root, tmp_path / "run", "--epochs", "2", "--skip-export"),
+                      last, "checkpoint could not be written", "the previous one is kept", "free disk space",
+                      "resume with --resume")
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 1
+    assert sorted(p.name for p in last.parent.iterdir()) == ["segmentation_best.pth", "segmentation_last.pth"]  # no temporary
+
+
+def interrupt_in_epoch(monkeypatch, stop: int) -> None:
+    """Ctrl-C while epoch `stop` trains."""
+    real = engine.train_one_epoch
+
+    def train_one_epoch(model, loader, task, optimizer, scheduler, device, epoch, *args, **kwargs):
+        if epoch == stop:
+            raise KeyboardInterrupt
+        return real(model, loader, task, optimizer, scheduler, device, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", train_one_epoch)
+
+
+def test_ctrl_c_exits_130_saying_what_was_kept(paired_root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    paths = RunPaths(out)
+    interrupt_in_epoch(monkeypatch, 2)
+    message = expect_interrupted(capsys, main_segment.main, segment_args(paired_root, out, "--epochs", "2", "--skip-export"))
+    assert f"segmentation checkpoints up to epoch 1 are kept in {paths.checkpoints}" in message and "--resume" in message
+    assert torch.load(paths.checkpoint("segmentation", "last"), map_location="cpu", weights_only=False)["epoch"] == 1
+    assert not (out / ".lock").exists()
+
+    # another run stopped before its first checkpoint: nothing kept, and not the first run's checkpoints either
+    monkeypatch.undo()
+    interrupt_in_epoch(monkeypatch, 1)
+    message = expect_interrupted(capsys, main_classify.main, classify_args(paired_root, tmp_path / "fresh", "--mask-source", "gt"))
+    assert "nothing" in message and str(paths.checkpoints) not in message
+    assert not RunPaths(tmp_path / "fresh").checkpoints.exists()
+
+
 # ---------------------------------------------------------------- output folder
 
 @pytest.mark.parametrize("script", ["segment", "classify", "evaluate"])
@@ -296,25 +519,79 @@ def test_output_folder_under_a_file(paired_root, tmp_path, capsys, script):
     expect_user_error(capsys, main, argv, out, "output folder cannot be written", "pass a writable --run-dir")
 
 
-def test_run_folder_inside_the_data_root(paired_root, tmp_path, capsys):
+@pytest.mark.parametrize("script", ["segment", "classify", "evaluate"])
+def test_run_folder_inside_the_data_root(paired_root, tmp_path, capsys, script):
     root = copy_tree(paired_root, tmp_path)
-    expect_user_error(capsys, main_classify.main, classify_args(root, root / "run"), root / "run",
-                      "lies inside --data-root", "pass a --run-dir outside the data")
-    assert not (root / "run").exists()  # refused before anything was written there
+    out = root / "run"
+    argv = {"segment": segment_args(root, out), "classify": classify_args(root, out),
+            "evaluate": ["--data-root", root, "--run-dir", out, *CPU]}[script]
+    main = {"segment": main_segment.main, "classify": main_classify.main, "evaluate": evaluate.main}[script]
+    expect_user_error(capsys, main, argv, out, "lies inside --data-root", "pass a --run-dir outside the data")
+    assert not out.exists()  # refused before anything was written there
+
+
+def write_lock(folder: Path, pid: int) -> Path:
+    """The .lock another run would hold in `folder` (tools/run_dir.RunLock's format)."""
+    folder.mkdir(parents=True)
+    lock = folder / ".lock"
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "command": "main_segment.py --run-dir runs/a",
+                                "started": "2025-01-01 09:00:00"}))
+    return lock
+
+
+def test_second_run_into_a_locked_run_folder_is_refused(paired_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    other = subprocess.Popen(["sleep", "60"])  # the run holding the folder, alive
+    try:
+        lock = write_lock(out, other.pid)
+        expect_user_error(capsys, main_classify.main, classify_args(paired_root, out, "--mask-source", "gt"), out,
+                          f"another run (pid {other.pid}", "main_segment.py --run-dir runs/a", "is writing here",
+                          "wait for it to end or pass another --run-dir")
+    finally:
+        other.kill()
+        other.wait()
+    assert json.loads(lock.read_text())["pid"] == other.pid  # the other run's lock is left alone
+    assert not RunPaths(out).checkpoints.exists()
+
+
+def test_stale_lock_of_an_ended_run_is_taken_over(paired_root, tmp_path):
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # killed or crashed: its lock stayed behind
+    out = tmp_path / "run"
+    lock = write_lock(out, ended.pid)
+    run(main_segment.main, segment_args(paired_root, out, "--skip-export"))
+    assert RunPaths(out).checkpoint("segmentation").is_file() and not lock.exists()
+
+
+OUT_OF_RANGE = "is out of range; expected"
 
 
 @pytest.mark.parametrize("script,flags,fragment", [
     ("classify", ["--batch-size", "1"], "--batch-size 1: the classifier's BatchNorm layers need at least 2"),
-    ("classify", ["--epochs", "0"], "argument --epochs: 0 is out of range; expected a whole number >= 1"),
-    ("segment", ["--lr", "-1"], "argument --lr: -1 is out of range; expected a number > 0"),
-    ("segment", ["--img-size", "100"], "argument --img-size: 100 is out of range; expected a multiple of 32"),
+    ("classify", ["--epochs", "0"], f"argument --epochs: 0 {OUT_OF_RANGE} a whole number >= 1"),
+    ("segment", ["--epochs", "0"], f"argument --epochs: 0 {OUT_OF_RANGE} a whole number >= 1"),
+    ("segment", ["--lr", "-1"], f"argument --lr: -1 {OUT_OF_RANGE} a number > 0"),
+    ("segment", ["--img-size", "100"], f"argument --img-size: 100 {OUT_OF_RANGE} a multiple of 32"),
+    ("segment", ["--img-size", "0"], f"argument --img-size: 0 {OUT_OF_RANGE} a multiple of 32"),
+    ("classify", ["--img-size", "-32"], f"argument --img-size: -32 {OUT_OF_RANGE} a multiple of 32"),
+    ("segment", ["--img-size", "48"], f"argument --img-size: 48 {OUT_OF_RANGE} a multiple of 32"),
+    ("segment", ["--batch-size", "0"], f"argument --batch-size: 0 {OUT_OF_RANGE} a whole number >= 1"),
+    ("classify", ["--workers", "-1"], f"argument --workers: -1 {OUT_OF_RANGE} a whole number >= 0"),
+    ("segment", ["--seed", "-1"], f"argument --seed: -1 {OUT_OF_RANGE} a whole number >= 0"),
+    ("classify", ["--label-smoothing", "2"], f"argument --label-smoothing: 2 {OUT_OF_RANGE} a number from 0 up to"),
+    ("segment", ["--device", "gpu"], "argument --device: unknown 'gpu'; did you mean cuda?"),
+    ("classify", ["--backbone", "convnext_tny"], "argument --backbone: unknown 'convnext_tny'; did you mean convnext_tiny"),
+    ("segment", ["--split-seed", "-3"], f"argument --split-seed: -3 {OUT_OF_RANGE} a whole number >= 0"),
+    ("evaluate", ["--batch-size", "0"], f"argument --batch-size: 0 {OUT_OF_RANGE} a whole number >= 1"),
+    ("evaluate", ["--device", "gpu"], "argument --device: unknown 'gpu'; did you mean cuda?"),
 ])
 def test_out_of_range_flags_stop_at_the_command_line(paired_root, tmp_path, capsys, script, flags, fragment):
-    main, args = {"segment": (main_segment.main, segment_args), "classify": (main_classify.main, classify_args)}[script]
-    with pytest.raises(SystemExit) as exit_info:
-        run(main, [*args(paired_root, tmp_path / "run"), *flags])
-    assert exit_info.value.code == 2 and fragment in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
+    out = tmp_path / "run"
+    argv = {"segment": segment_args(paired_root, out), "classify": classify_args(paired_root, out),
+            "evaluate": ["--data-root", paired_root, "--run-dir", out, *CPU]}[script]
+    main = {"segment": main_segment.main, "classify": main_classify.main, "evaluate": evaluate.main}[script]
+    expect_usage_error(capsys, main, [*argv, *flags], flags[0], fragment)
+    assert not out.exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders anyway")

@@ -14,6 +14,8 @@ import pytest
 
 import main_segment
 import predict
+from tools.inference import CellPrediction
+from tools.morphometry import FEATURE_NAMES
 from tiny_checkpoints import DEMO_CLASSES, save_untrained_classification
 from utils.errors import UserError
 
@@ -190,8 +192,12 @@ def test_morphometrics_of_a_drawn_cell():
     cell[10:40, 10:50] = True  # 30 x 40 = 1200 px, nucleus included
     nucleus = np.zeros_like(cell)
     nucleus[20:30, 20:30] = True  # 100 px
-    assert predict.morphometrics(cell, nucleus) == {"nucleus_area_px": 100, "cytoplasm_area_px": 1100, "nc_ratio": 100 / 1100}
-    assert predict.morphometrics(nucleus, nucleus)["nc_ratio"] is None  # no cytoplasm: the ratio is undefined
+    image = np.full((50, 60, 3), 200, np.uint8)
+    measured = predict.morphometrics(image, CellPrediction(cell, nucleus))
+    assert {k: measured[k] for k in ("nucleus_area_px", "cytoplasm_area_px")} == {"nucleus_area_px": 100, "cytoplasm_area_px": 1100}
+    assert measured["nc_ratio"] == pytest.approx(100 / 1100)
+    assert set(measured) == set(FEATURE_NAMES)  # every measurement of tools/morphometry.py
+    assert predict.morphometrics(image, CellPrediction(nucleus, nucleus))["nc_ratio"] is None  # no cytoplasm: undefined
 
 
 def test_help_explains_every_flag(capsys):

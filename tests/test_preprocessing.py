@@ -275,6 +275,24 @@ def test_antialiased_mask_edges_below_half_height_are_background(tmp_path):
     assert np.array_equal(read_mask(tmp_path / "aa.png", (20, 20)), mask > 127)
 
 
+@pytest.mark.parametrize("soften", ["antialiased", "blurred"])
+def test_a_soft_edged_nucleus_has_the_area_of_its_hard_version(tmp_path, soften):
+    """Half height is where a soft edge crosses the hard one; counting every non-zero pixel would grow the nucleus."""
+    hard = np.zeros((64, 64), np.uint8)
+    cv2.circle(hard, (32, 32), 16, 255, -1, lineType=cv2.LINE_8)
+    if soften == "antialiased":  # each pixel holds the share of it the shape covers, as drawing programs save it
+        fine = np.zeros((512, 512), np.uint8)  # (OpenCV's LINE_AA fill is not this: it draws a circle ~0.6 px wider)
+        cv2.circle(fine, (32 * 8 + 4, 32 * 8 + 4), 16 * 8, 255, -1)  # the same circle at 8x, centred on the same pixel
+        soft = cv2.resize(fine, (64, 64), interpolation=cv2.INTER_AREA)
+    else:
+        soft = cv2.GaussianBlur(hard, (0, 0), sigmaX=1.5)  # a JPEG-like smeared edge, several pixels wide
+    assert len(np.unique(soft)) > 10
+    cv2.imwrite(str(tmp_path / "soft.png"), soft)
+    hard_area, soft_area = (hard > 0).sum(), read_mask(tmp_path / "soft.png", (64, 64)).sum()
+    assert abs(soft_area - hard_area) / hard_area < 0.03
+    assert (soft > 0).sum() / hard_area > 1.05  # what "any non-zero pixel" would have measured
+
+
 def test_fill_holes_fills_enclosed_background_only():
     ring = np.zeros((9, 12), bool)
     ring[1:8, 1:8] = True

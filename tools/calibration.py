@@ -98,7 +98,8 @@ def calibrate_checkpoints(paths: RunPaths, val_cells: PreparedCells, device, bat
         model, checkpoint = load_model(path, "classification", device)
         epoch = checkpoint["epoch"]
         if epoch not in fitted_by_epoch:
-            pipeline = CellPipeline(None, 0, TorchBackend(model, device), checkpoint["args"]["img_size"])
+            pipeline = CellPipeline(None, 0, TorchBackend(model, device), checkpoint["args"]["img_size"],
+                                    measures=bool(checkpoint["model_config"].get("num_measurements")))
             fitted_by_epoch[epoch] = fit_on_logits(*view_logits_of_cells(pipeline, val_cells, checkpoint["class_names"],
                                                                          batch_size))
         checkpoint["temperature"] = fitted_by_epoch[epoch]["temperature"]

@@ -28,18 +28,20 @@ class RunState:
     model_config: Dict[str, Any]  # keyword arguments that rebuild the model
     class_names: Optional[list] = None
     provenance: Dict[str, Any] = field(default_factory=dict)  # data root, split manifest hash, settings that matter
+    extra: Dict[str, Any] = field(default_factory=dict)  # more keys for every checkpoint (the measurement model)
 
 
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     """Write to a temporary file, then rename: a kill or a full disk during the save never breaks the previous one."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    kept = "the previous one is kept" if path.exists() else "no earlier one existed"
     try:
         with written_atomically(path) as tmp_path:
             torch.save(state, tmp_path)
     except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError from its zip writer
         reason = " ".join(str(error).split())[:120]
-        raise UserError(f"{path}: checkpoint could not be written ({reason}); the previous one is kept; "
-                        f"free disk space, then resume with --resume") from None
+        raise UserError(f"{path}: checkpoint could not be written ({reason}); {kept}; "
+                        f"free disk space, then run again (with --resume once a checkpoint exists)") from None
 
 
 def load_checkpoint(path: Path, stage: str) -> Dict[str, Any]:

@@ -34,6 +34,7 @@ STAGE_DEFAULTS = {
         ema_decay=0.0,
         balanced_sampling=False,  # draw classes equally often instead of weighting the loss
         measurements=False,  # cell measurements (tools/morphometry.py) enter the head beside the image
+        measurement_model=True,  # average with a logistic regression on the measurements (tools/measurement_model.py)
     ),
     "fields": dict(  # stage 1 on fields of view (main_segment.py with --layout isbi2014 or sipakmed-fields)
         backbone="convnext_tiny",
@@ -72,7 +73,7 @@ PRESETS = {
             backbone="efficientnet_lite0",
             img_size=256,
             batch_size=8,
-            epochs=20,
+            epochs=30,
             lr=1e-3,
             decoder_channels=[128, 64, 32],
             instance_size=160,
@@ -124,6 +125,9 @@ def one_of_names(names: Sequence[str], what: str) -> Callable:
 def device_name(text: str) -> str:
     if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
         return text
+    gpu = re.fullmatch(r"gpu(:\d+)?", text, re.IGNORECASE)
+    if gpu:  # closest by spelling is 'cpu', the opposite of what was meant
+        raise argparse.ArgumentTypeError(f"unknown {text!r}; did you mean cuda{gpu.group(1) or ''}?")
     return one_of_names(["auto", "cpu", "cuda", "cuda:0"], "auto, cpu, cuda or cuda:N")(text)
 
 

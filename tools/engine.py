@@ -191,7 +191,7 @@ def fit(model, task: Task, train_loader, val_loader, optimizer, scheduler, devic
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "epoch": epoch, "best_metric": best_score, "best_metrics": best_metrics, "monitor": task.monitor,
                 "args": run.args, "model_config": run.model_config, "class_names": run.class_names,
-                "provenance": run.provenance, "rng": rng_states(),
+                "provenance": run.provenance, "rng": rng_states(), **run.extra,
             }
             if ema is not None:
                 state["raw_model"] = model.state_dict()

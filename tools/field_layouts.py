@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from tools.layouts import IMAGE_EXTENSIONS, is_hidden, nucleus_owner, read_dat_polygon
 from utils.errors import UserError
@@ -233,7 +234,7 @@ def read_fields(root: Path, layout: str = "auto", check: bool = True) -> Tuple[L
 # ---------------------------------------------------------------- loading one field
 
 def read_nucleus_labels(path: Path, shape: Tuple[int, int]) -> np.ndarray:
-    """Read a nucleus instance label image as int32 [H, W] (0 = background).
+    """Read a nucleus instance label image as int32 [H, W] (0 = background), every instance solid.
 
     A label image that holds a single foreground value in several separate blobs is a binary mask saved in its
     place; its blobs become the instances, since one nucleus in pieces across the field is not what it meant.
@@ -252,7 +253,17 @@ def read_nucleus_labels(path: Path, shape: Tuple[int, int]) -> np.ndarray:
                         f"{shape[1]}x{shape[0]}; relabel at the image's size or remove the file")
     if len(np.unique(labels)) == 2:
         _, labels = cv2.connectedComponents((labels > 0).astype(np.uint8), connectivity=8)
-    return labels.astype(np.int32)
+    return filled_instances(labels.astype(np.int32))
+
+
+def filled_instances(labels: np.ndarray) -> np.ndarray:
+    """Each instance with its holes filled: nuclei are solid, and some annotators draw only their outline
+    (half of the ISBI 2014 EDF label images here are rings, which as masks would be a quarter of each nucleus)."""
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is not None:
+            region = labels[box]
+            region[ndimage.binary_fill_holes(region == index) & (region == 0)] = index
+    return labels
 
 
 def read_cell_mask(path: Path, shape: Tuple[int, int]) -> np.ndarray:

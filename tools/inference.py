@@ -55,6 +55,11 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return scaled / scaled.sum(axis=-1, keepdims=True)
 
 
+def combined(cnn_probs: np.ndarray, measurement_probs: Optional[np.ndarray]) -> np.ndarray:
+    """The classifier's probabilities: the CNN's, averaged with the measurement model's when there is one."""
+    return cnn_probs if measurement_probs is None else (cnn_probs + measurement_probs) / 2
+
+
 def masks_from_probs(cell_prob: np.ndarray, nuc_prob: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Threshold, then shape priors of a single-cell image: one solid cell, solid nuclei inside it.
 
@@ -72,6 +77,8 @@ class CellPrediction:
     nuc_mask: np.ndarray  # bool [H, W]
     probs: Optional[np.ndarray] = None  # [K] calibrated class probabilities (None without a classifier)
     view_logits: Optional[np.ndarray] = None  # [V, K] logits of the flips, for other temperatures
+    measurement_probs: Optional[np.ndarray] = None  # [K] the measurement model's share of `probs`, when there is one
+    measurements: Optional[np.ndarray] = None  # [F] tools/morphometry.py's, when the classifier used them
     box: Optional[LetterboxBox] = None  # where the cell sits in the classifier's square
 
 
@@ -84,6 +91,7 @@ class CellPipeline:
     class_names: Optional[List[str]] = None
     temperature: float = 1.0  # fitted after training; 1.0 for checkpoints made before calibration
     measures: bool = False  # the classifier takes cell measurements (tools/morphometry.py) beside the image
+    measurement_model: Optional[dict] = None  # its probabilities are averaged with the CNN's (tools/measurement_model.py)
 
     # ------------------------------------------------------------ stage 1
 
@@ -113,7 +121,7 @@ class CellPipeline:
             canvas, boxed_masks, box = letterbox(image, [cell_mask, nuc_mask], self.cls_size)
             channels.append(cell_channels(canvas, np.stack(boxed_masks)))
             boxes.append(box)
-        if not self.measures:
+        if not (self.measures or self.measurement_model):
             return (np.stack(channels),), boxes
         from tools.morphometry import cell_measurements
 
@@ -129,12 +137,22 @@ class CellPipeline:
         if self.classifier is None:
             raise UserError("no classifier checkpoint was loaded; train stage 2 (main_classify.py) or pass --cls-checkpoint")
         cells, *rest = inputs
-        repeated = [np.concatenate([values] * len(FLIPS)) for values in rest]
+        repeated = [np.concatenate([values] * len(FLIPS)) for values in rest] if self.measures else []
         return split_views(self.classifier(flip_views(cells), *repeated), spatial=False)
 
     def class_probs(self, *inputs: np.ndarray, temperature: Optional[float] = None) -> np.ndarray:
-        """[B, K]: softmax(logits / T) averaged over the flips; T is the fitted temperature unless given."""
-        return softmax(self.view_logits(*inputs), self.temperature if temperature is None else temperature).mean(axis=0)
+        """[B, K]: softmax(logits / T) averaged over the flips (T: the fitted temperature unless given), then
+        averaged with the measurement model's probabilities when there is one."""
+        cnn_probs = softmax(self.view_logits(*inputs), self.temperature if temperature is None else temperature).mean(axis=0)
+        return combined(cnn_probs, self.measurement_probs(inputs))
+
+    def measurement_probs(self, inputs: Sequence[np.ndarray]) -> Optional[np.ndarray]:
+        """[B, K] probabilities of the measurement model (None without one); inputs as classifier_inputs returns them."""
+        if not self.measurement_model:
+            return None
+        from tools.measurement_model import measurement_probs
+
+        return measurement_probs(self.measurement_model, inputs[1])
 
     # ------------------------------------------------------------ both
 
@@ -146,9 +164,12 @@ class CellPipeline:
             return [CellPrediction(cell, nuc) for cell, nuc in masks]
         inputs, boxes = self.classifier_inputs(images, masks)
         view_logits = self.view_logits(*inputs)  # [V, B, K]
-        probs = softmax(view_logits, self.temperature).mean(axis=0)
-        return [CellPrediction(cell, nuc, p, v, box)
-                for (cell, nuc), p, v, box in zip(masks, probs, view_logits.transpose(1, 0, 2), boxes)]
+        extra = self.measurement_probs(inputs)
+        probs = combined(softmax(view_logits, self.temperature).mean(axis=0), extra)
+        extra = [None] * len(masks) if extra is None else extra
+        measured = inputs[1] if len(inputs) > 1 else [None] * len(masks)
+        return [CellPrediction(cell, nuc, p, v, m, x, box) for (cell, nuc), p, v, m, x, box
+                in zip(masks, probs, view_logits.transpose(1, 0, 2), extra, measured, boxes)]
 
 
 # ---------------------------------------------------------------- backends
@@ -188,6 +209,7 @@ def torch_pipeline(seg_checkpoint: Optional[Path], cls_checkpoint: Optional[Path
         pipeline.class_names = list(cls["class_names"])
         pipeline.temperature = float(cls.get("temperature", 1.0))
         pipeline.measures = bool(cls["model_config"].get("num_measurements"))
+        pipeline.measurement_model = cls.get("measurement_model")
     return pipeline, seg, cls
 
 
@@ -239,7 +261,8 @@ def onnx_pipeline(onnx_dir: Path, seg_checkpoint: Path, cls_checkpoint: Path, th
     segmenter, classifier = onnx_backends(onnx_dir, seg_checkpoint, cls_checkpoint, threads)
     meta = classifier.metadata
     return CellPipeline(segmenter, int(segmenter.metadata["img_size"]), classifier, int(meta["img_size"]),
-                        json.loads(meta["class_names"]), float(meta["temperature"]), len(classifier.input_names) > 1)
+                        json.loads(meta["class_names"]), float(meta["temperature"]), len(classifier.input_names) > 1,
+                        json.loads(meta.get("measurement_model", "null")))
 
 
 def machine_has_cuda() -> bool:

@@ -11,7 +11,7 @@ old masks.
 """
 import json
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -35,8 +35,11 @@ def nucleus_contact(cyt_mask: np.ndarray, nuc_mask: np.ndarray) -> float:
     return float((ring & cyt_mask).sum() / max(ring.sum(), 1))
 
 
-def check_plausible(cyt_mask: np.ndarray, nuc_mask: np.ndarray, cell_mask: np.ndarray, source: Path) -> None:
+def check_plausible(cyt_mask: np.ndarray, nuc_mask: np.ndarray, cell_mask: np.ndarray, source: Path,
+                    nuc_source: Optional[Path] = None) -> None:
     """Refuse masks that cannot be right: no cell, a cell that is the whole image, a nucleus outside its cell.
+
+    source is the cell's (cytoplasm) file, nuc_source the nucleus's: a nucleus apart from its cell names both.
 
     An empty NUCLEUS mask is real data (a crop without a nuc file, an anucleate or out-of-focus nucleus). An
     empty CELL mask is not: a single-cell image always shows its cell, so the annotation was lost (a blank
@@ -48,7 +51,8 @@ def check_plausible(cyt_mask: np.ndarray, nuc_mask: np.ndarray, cell_mask: np.nd
         raise UserError(f"{source}: the cell mask covers {cell_mask.mean():.0%} of its image, a crop always shows background "
                         f"around its cell; the mask may be inverted or blank white: fix it or remove the cell")
     if nuc_mask.any() and nucleus_contact(cyt_mask, nuc_mask) < MIN_NUCLEUS_CONTACT:
-        raise UserError(f"{source}: the nucleus lies outside its cell (its outline touches no cytoplasm); "
+        outline = f"the nucleus of {Path(nuc_source).name}" if nuc_source is not None else "its outline"
+        raise UserError(f"{source}: the nucleus lies outside its cell ({outline} touches no cytoplasm); "
                         f"the two masks may belong to different cells: fix them or remove the cell")
 
 
@@ -56,15 +60,16 @@ def ground_truth_masks(record: CellRecord, shape: Tuple[int, int]) -> Tuple[np.n
     """(cell mask, nucleus mask) as bool [H, W] for a record with masks or polygons."""
     if record.cyt_mask_path is not None:
         nuc_mask = read_mask(record.nuc_mask_path, shape)
-        cyt_mask, source = read_mask(record.cyt_mask_path, shape), record.cyt_mask_path
+        cyt_mask, source, nuc_source = read_mask(record.cyt_mask_path, shape), record.cyt_mask_path, record.nuc_mask_path
     elif record.cyt_polygons:
         check_polygons_inside(record.cyt_polygons + record.nuc_polygons, record.polygon_files, shape)
         nuc_mask = rasterize_polygons(record.nuc_polygons, shape)
         cyt_mask, source = rasterize_polygons(record.cyt_polygons, shape), record.polygon_files[0]
+        nuc_source = record.polygon_files[1] if len(record.polygon_files) > 1 else None  # (cyt file, nucleus files...)
     else:
         raise UserError(f"{record.image_path}: this cell has no ground-truth masks; use --mask-source predicted")
     cell_mask = cyt_mask | nuc_mask  # Herlev's cytoplasm masks leave the nucleus out
-    check_plausible(cyt_mask, nuc_mask, cell_mask, source)
+    check_plausible(cyt_mask, nuc_mask, cell_mask, source, nuc_source)
     return cell_mask, nuc_mask
 
 

@@ -101,6 +101,7 @@ def export_run(seg_checkpoint: Path, cls_checkpoint: Path, out_dir: Path, opset:
                            {"img_size": str(cls_size), "source": file_sha1(cls_checkpoint),
                             "class_names": json.dumps(cls["class_names"]),
                             "temperature": str(float(cls.get("temperature", 1.0))),
+                            "measurement_model": json.dumps(cls.get("measurement_model")),
                             "outputs": "logits; probabilities = softmax(logits / temperature)"}),
     }
     written = {}

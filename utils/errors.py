@@ -12,7 +12,8 @@ class UserError(Exception):
     """A problem with the user's input (a file, a flag, a folder): say which, what is wrong, what to do."""
 
 
-_kept = {"note": "nothing was written yet"}
+NOTHING_KEPT = "nothing was written yet"
+_kept = {"note": NOTHING_KEPT}
 
 
 def note_kept(text: str) -> None:
@@ -25,6 +26,7 @@ def exit_on_user_error(main):
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
+        note_kept(NOTHING_KEPT)  # each run says what IT kept, not what an earlier main() of this process did
         try:
             return main(*args, **kwargs)
         except UserError as error:
