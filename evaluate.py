@@ -20,22 +20,42 @@ from tqdm import tqdm
 
 from tools.acceleration import resolve_device
 from tools.calibration import TEMPERATURE_RANGE
+from tools.checkpoint import load_checkpoint
 from tools.config import HelpFormatter, data_parser, positive_int
 from tools.data_loader import open_dataset, usable_cells
-from tools.checkpoint import load_checkpoint
-from tools.inference import CellPipeline, batched, combined, load_pipeline, softmax, torch_pipeline
 from tools.field_data import is_field_layout
-from tools.layouts import CellRecord, read_records
+from tools.inference import (
+    CellPipeline,
+    batched,
+    combined,
+    load_pipeline,
+    softmax,
+    torch_pipeline,
+)
+from tools.layouts import CellRecord, normal_class_names, read_records
 from tools.masks import PredictedMaskFiles, ground_truth_masks
-from tools.metrics import (SegmentationMeter, binary_metrics, bootstrap_accuracy_ci, classification_metrics,
-                           default_class_order, expected_calibration_error, grade_metrics, normal_class_names,
-                           reliability_bins)
-from tools.run_dir import RunLock, RunPaths, check_outside_data, check_writable
+from tools.metrics import (
+    SegmentationMeter,
+    binary_metrics,
+    bootstrap_accuracy_ci,
+    classification_metrics,
+    default_class_order,
+    expected_calibration_error,
+    grade_metrics,
+    reliability_bins,
+)
+from tools.run_dir import RunPaths, check_writable, open_run
 from tools.splits import manifest_sha1
 from utils.errors import UserError, exit_on_user_error
-from utils.report import ErrorExample, thumbnail, worst_errors, write_report
 from utils.overlays import overlay_masks
-from utils.visualization import plot_confusion_matrix, plot_reliability_diagram, plot_roc_curves, save_overlay_grid
+from utils.report import ErrorExample, thumbnail, worst_errors, write_report
+from utils.visualization import (
+    plot_confusion_matrix,
+    plot_reliability_diagram,
+    plot_roc_curves,
+    save_overlay_grid,
+)
+
 
 def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate the segmentation and classification checkpoints.",
@@ -169,10 +189,17 @@ def evaluate_fields(args, paths: RunPaths) -> None:
     from tools.field_data import open_fields
     from tools.field_layouts import load_field, read_fields
     from tools.fields import load_field_models, segment_field
-    from tools.instance_metrics import (aggregated_jaccard_index, detection_scores, instance_masks, isbi_cell_scores,
-                                        pool_detection_scores, pool_isbi_cell_scores)
+    from tools.instance_metrics import (
+        aggregated_jaccard_index,
+        detection_scores,
+        instance_masks,
+        isbi_cell_scores,
+        pool_detection_scores,
+        pool_isbi_cell_scores,
+    )
 
-    models = load_field_models(paths.checkpoint("fields"), paths.checkpoint("instances"), resolve_device(args.device))
+    models = load_field_models(paths.checkpoint("fields"), paths.checkpoint("instances"), paths.onnx, args.backend,
+                               args.device)
     records = read_fields(args.data_root)[0] if args.split == "all" else open_fields(args, paths).by_split[args.split]
     scores = {}  # group (the field's folder, e.g. synthetic / edf) -> {"nuclei": [...], "cells": [...], "aji": [...]}
     panels = []
@@ -220,10 +247,8 @@ def overlay_field(image: np.ndarray, cells) -> np.ndarray:
 @exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
-    paths = RunPaths(args.run_dir)
-    check_outside_data(paths.root, args.data_root)
-    check_writable(paths.eval)
-    with RunLock(paths.root):
+    with open_run(args.run_dir, args.data_root) as paths:
+        check_writable(paths.eval)
         if is_field_layout(args.layout, args.data_root):
             return evaluate_fields(args, paths)
         cls_checkpoint = load_checkpoint(args.cls_checkpoint, "classification")

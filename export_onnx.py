@@ -10,7 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from tools.config import HelpFormatter, checkpoint_parser, positive_int, resolve_checkpoints
+from tools.config import (
+    HelpFormatter,
+    checkpoint_parser,
+    positive_int,
+    resolve_checkpoints,
+)
 from tools.onnx_export import CHECK_BATCH_SIZES, OPSET, TOLERANCE, export_run
 from tools.run_dir import RunPaths, check_writable
 from utils.errors import exit_on_user_error

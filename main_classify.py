@@ -15,9 +15,15 @@ import train_classify
 from tools import distributed
 from tools.acceleration import resolve_device
 from tools.calibration import calibrate_checkpoints, describe_fit
-from tools.config import (HelpFormatter, parse_stage_args, stage_default, training_parser, unit_fraction)
+from tools.config import (
+    HelpFormatter,
+    parse_stage_args,
+    stage_default,
+    training_parser,
+    unit_fraction,
+)
 from tools.data_loader import open_dataset, prepare_cells
-from tools.run_dir import RunLock, RunPaths, check_outside_data, check_writable
+from tools.run_dir import open_run
 from utils.errors import exit_on_user_error
 
 
@@ -54,10 +60,7 @@ def get_args(argv=None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
-    paths = RunPaths(args.run_dir)
-    check_outside_data(paths.root, args.data_root)
-    check_writable(paths.root)
-    with RunLock(paths.root):
+    with open_run(args.run_dir, args.data_root) as paths:
         device = distributed.setup(resolve_device(args.device))
         args.device = str(device)  # under torchrun: this process's GPU
         started = time.time()

@@ -13,13 +13,20 @@ import train_fields
 import train_segment
 from tools import distributed
 from tools.acceleration import resolve_device
-from tools.config import (HelpFormatter, img_size, non_negative_int, parse_stage_args, positive_int, stage_default,
-                          training_parser)
+from tools.config import (
+    HelpFormatter,
+    img_size,
+    non_negative_int,
+    parse_stage_args,
+    positive_int,
+    stage_default,
+    training_parser,
+)
 from tools.data_loader import DatasetSplit, open_dataset
 from tools.field_data import is_field_layout, open_fields
 from tools.inference import torch_pipeline
 from tools.masks import export_masks
-from tools.run_dir import RunLock, RunPaths, check_outside_data, check_writable
+from tools.run_dir import RunPaths, open_run
 from tools.splits import group_folds
 from utils.errors import exit_on_user_error, note_kept
 
@@ -85,10 +92,7 @@ def train_on_fields(args, paths: RunPaths, started: float) -> None:
 @exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
-    paths = RunPaths(args.run_dir)
-    check_outside_data(paths.root, args.data_root)
-    check_writable(paths.root)
-    with RunLock(paths.root):
+    with open_run(args.run_dir, args.data_root) as paths:
         if is_field_layout(args.layout, args.data_root):
             args.device = str(resolve_device(args.device))
             return train_on_fields(args, paths, time.time())

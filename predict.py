@@ -21,19 +21,31 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from tools.config import HelpFormatter, checkpoint_parser, device_name, positive_int, resolve_checkpoints
-from tools.inference import CellPipeline, CellPrediction, batched, load_pipeline, torch_pipeline
+from tools.config import (
+    HelpFormatter,
+    checkpoint_parser,
+    device_name,
+    positive_int,
+    resolve_checkpoints,
+)
+from tools.inference import (
+    CellPipeline,
+    CellPrediction,
+    batched,
+    load_pipeline,
+    resolve_backend,
+)
 from tools.layouts import IMAGE_EXTENSIONS, is_hidden, paired_mask_files
 from tools.morphometry import FEATURE_NAMES, cell_measurements
 from tools.run_dir import RunLock, RunPaths, check_writable
 from utils.console import seconds_since_process_start
 from utils.errors import UserError, exit_on_user_error
-from utils.preprocessing import read_image, unletterbox
+from utils.files import write_image
 from utils.overlays import blend_heatmap, overlay_masks
+from utils.preprocessing import read_image, unletterbox
 
 NC_RATIO_DEFINITION = "nucleus area / cytoplasm area, cytoplasm = whole cell minus nucleus (pixels); the other " \
                       "measurements are defined in tools/morphometry.py"
@@ -60,7 +72,8 @@ def get_args(argv=None) -> argparse.Namespace:
                              "(runs the models in PyTorch)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"],
                         help="onnx: ONNX Runtime on the CPU, exported once into RUN_DIR/outputs/onnx and reused; torch: "
-                             "PyTorch; auto: PyTorch on a CUDA machine (or --device cuda) and for --explain, else ONNX")
+                             "PyTorch; auto: PyTorch on a CUDA machine (or --device cuda) and for --explain, else ONNX "
+                             "(cells and --fields alike)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="ONNX Runtime threads (default: the cores this process may use)")
     fields = parser.add_argument_group(
@@ -159,25 +172,16 @@ def morphometrics(image: np.ndarray, cell: CellPrediction) -> Dict[str, Optional
     return named
 
 
-def write_png(path: Path, image: np.ndarray) -> str:
-    """Write a mask [H, W] or an RGB image [H, W, 3]; returns the path as text."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    if not cv2.imwrite(str(path), pixels):
-        raise UserError(f"{path}: could not be written; check the free space and --output-dir")
-    return str(path)
-
-
 def write_cell_outputs(output_dir: Path, name: str, image: np.ndarray, cell: CellPrediction,
                        heatmap: Optional[np.ndarray]) -> Dict[str, str]:
     stem = output_dir / name
     written = {
-        "cyt_mask": write_png(stem.with_name(f"{stem.name}_cyt.png"), cell.cell_mask.astype(np.uint8) * 255),
-        "nuc_mask": write_png(stem.with_name(f"{stem.name}_nuc.png"), cell.nuc_mask.astype(np.uint8) * 255),
-        "overlay": write_png(stem.with_name(f"{stem.name}_overlay.png"), overlay_masks(image, cell.cell_mask, cell.nuc_mask)),
+        "cyt_mask": write_image(stem.with_name(f"{stem.name}_cyt.png"), cell.cell_mask.astype(np.uint8) * 255),
+        "nuc_mask": write_image(stem.with_name(f"{stem.name}_nuc.png"), cell.nuc_mask.astype(np.uint8) * 255),
+        "overlay": write_image(stem.with_name(f"{stem.name}_overlay.png"), overlay_masks(image, cell.cell_mask, cell.nuc_mask)),
     }
     if heatmap is not None:
-        written["gradcam"] = write_png(stem.with_name(f"{stem.name}_gradcam.png"), blend_heatmap(image, heatmap))
+        written["gradcam"] = write_image(stem.with_name(f"{stem.name}_gradcam.png"), blend_heatmap(image, heatmap))
     return written
 
 
@@ -220,18 +224,26 @@ def read_readable(paths: Sequence[Path], failed: List[Dict]):
     return indices, images
 
 
-def predict_fields(args: argparse.Namespace, paths: Sequence[Path], names: Sequence[str], device) -> int:
+def predict_fields(args: argparse.Namespace, paths: Sequence[Path], names: Sequence[str]) -> int:
     """--fields: every cell of every field, written per field and summarised for the run."""
     from tools.field_outputs import table_rows, write_field, write_summary
-    from tools.fields import classify_cells, load_field_models, open_field, segment_field
+    from tools.fields import (
+        classify_cells,
+        load_field_models,
+        open_field,
+        segment_field,
+    )
 
-    models = load_field_models(args.field_checkpoint, args.instance_checkpoint, device, args.batch_size)
+    onnx_dir = RunPaths(args.run_dir).onnx
+    models = load_field_models(args.field_checkpoint, args.instance_checkpoint, onnx_dir, args.backend, args.device,
+                               args.threads, args.batch_size)
     pipeline = None
     if Path(args.cls_checkpoint).is_file():
-        pipeline, _, _ = torch_pipeline(None, args.cls_checkpoint, device)
+        pipeline = load_pipeline(None, args.cls_checkpoint, onnx_dir, args.backend, args.device, args.threads)
     else:
         print(f"note: no classifier at {args.cls_checkpoint}: the cells are segmented, not classified")
     class_names = pipeline.class_names if pipeline else None
+    start_up, started = seconds_since_process_start(), time.perf_counter()
     rows_by_field, failed = {}, []
     for path, name in tqdm(list(zip(paths, names)), desc="fields", unit="field"):
         try:
@@ -246,11 +258,13 @@ def predict_fields(args: argparse.Namespace, paths: Sequence[Path], names: Seque
         write_field(args.output_dir, name, image, shape, cells, class_names)
         rows_by_field[name] = table_rows(name, cells, class_names)
     write_cells_csv(args.output_dir / "cells.csv", [row for rows in rows_by_field.values() for row in rows])
+    seconds = {"start_up": round(start_up, 3), "predicting": round(time.perf_counter() - started, 3)}
     write_summary(args.output_dir, rows_by_field, class_names, {
         "field_checkpoint": str(args.field_checkpoint), "instance_checkpoint": str(args.instance_checkpoint),
-        "cls_checkpoint": str(args.cls_checkpoint) if pipeline else None, "failed": failed})
-    print(f"found {sum(len(rows) for rows in rows_by_field.values())} cells in {len(rows_by_field)} of {len(paths)} fields; "
-          f"wrote {args.output_dir / 'cells.csv'} and summary.json")
+        "cls_checkpoint": str(args.cls_checkpoint) if pipeline else None, "backend": resolve_backend(args.backend, args.device),
+        "seconds": seconds, "failed": failed})
+    print(f"found {sum(len(rows) for rows in rows_by_field.values())} cells in {len(rows_by_field)} of {len(paths)} fields "
+          f"in {seconds['predicting']:.1f}s (start-up {start_up:.1f}s); wrote {args.output_dir / 'cells.csv'} and summary.json")
     return 1 if failed else 0
 
 
@@ -269,14 +283,13 @@ def main(argv=None) -> int:
     paths = find_images(args.inputs, exclude=args.output_dir)
     names = output_names(paths)
     if args.fields:
-        from tools.acceleration import resolve_device
         from tools.field_layouts import is_isbi_annotation
 
         kept = [(path, name) for path, name in zip(paths, names) if not is_isbi_annotation(path)]  # masks beside fields
         paths, names = [path for path, _ in kept], [name for _, name in kept]
         check_writable(args.output_dir)
         with RunLock(args.output_dir):
-            return predict_fields(args, paths, names, resolve_device(args.device))
+            return predict_fields(args, paths, names)
     backend = "torch" if args.explain else args.backend
     pipeline = load_pipeline(args.seg_checkpoint, args.cls_checkpoint, RunPaths(args.run_dir).onnx, backend, args.device,
                              args.threads)

@@ -17,11 +17,21 @@ from tools import distributed
 from tools.acceleration import resolve_acceleration, resolve_device
 from tools.checkpoint import RunState
 from tools.config import provenance
-from tools.data_loader import ClassificationDataset, DatasetSplit, make_loader, prepare_cells
+from tools.data_loader import (
+    ClassificationDataset,
+    DatasetSplit,
+    make_loader,
+    prepare_cells,
+)
 from tools.engine import Task, fit, seed_everything
 from tools.inference import torch_pipeline
 from tools.layouts import CellRecord
-from tools.masks import MaskProvider, PredictedMaskFiles, export_masks, ground_truth_masks
+from tools.masks import (
+    MaskProvider,
+    PredictedMaskFiles,
+    export_masks,
+    ground_truth_masks,
+)
 from tools.measurement_model import fit_measurement_model
 from tools.metrics import classification_metrics
 from tools.morphometry import FEATURE_NAMES

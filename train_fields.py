@@ -10,7 +10,6 @@ Writes checkpoints/fields_{best,last}.pth and instances_{best,last}.pth; their a
 pixels -> model pixels), tile_size and cell_window (the window side at the model scale).
 """
 import argparse
-from pathlib import Path
 from typing import Dict, List
 
 from model.segmentation_model import DualHeadAttConvNeXtUNet
@@ -19,7 +18,14 @@ from tools.checkpoint import RunState
 from tools.config import provenance
 from tools.data_loader import DatasetSplit, make_loader
 from tools.engine import Task, fit, seed_everything
-from tools.field_data import CellWindows, FieldTiles, PreparedField, cell_window, field_scale, prepare_fields
+from tools.field_data import (
+    CellWindows,
+    FieldTiles,
+    PreparedField,
+    cell_window,
+    field_scale,
+    prepare_fields,
+)
 from tools.optim import adamw, warmup_cosine
 from tools.pretrained import build_with_pretrained
 from tools.run_dir import RunPaths

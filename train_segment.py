@@ -14,7 +14,12 @@ from model.segmentation_model import HEADS, DualHeadAttConvNeXtUNet
 from tools.acceleration import resolve_acceleration, resolve_device
 from tools.checkpoint import RunState
 from tools.config import provenance
-from tools.data_loader import DatasetSplit, SegmentationDataset, make_loader, prepare_cells
+from tools.data_loader import (
+    DatasetSplit,
+    SegmentationDataset,
+    make_loader,
+    prepare_cells,
+)
 from tools.engine import Task, fit, seed_everything
 from tools.metrics import SegmentationMeter
 from tools.optim import adamw, warmup_cosine

@@ -49,13 +49,25 @@ import torch  # noqa: E402
 
 import train_classify  # noqa: E402
 import train_segment  # noqa: E402
+from benchmarks import predict_speed  # noqa: E402
 from benchmarks.herlev import git_commit  # noqa: E402
 from model.classification_model import ConvNeXtAttentionClassifier  # noqa: E402
 from model.segmentation_model import DualHeadAttConvNeXtUNet  # noqa: E402
-from tools.acceleration import (Acceleration, autocast, resolve_acceleration, resolve_device,  # noqa: E402
-                                to_device, wrap_for_training)
+from tools.acceleration import (  # noqa: E402
+    Acceleration,
+    autocast,
+    resolve_acceleration,
+    resolve_device,
+    to_device,
+    wrap_for_training,
+)
 from tools.config import HelpFormatter, parse_stage_args, training_parser  # noqa: E402
-from tools.data_loader import ClassificationDataset, SegmentationDataset, make_loader, prepare_cells  # noqa: E402
+from tools.data_loader import (  # noqa: E402
+    ClassificationDataset,
+    SegmentationDataset,
+    make_loader,
+    prepare_cells,
+)
 from tools.demo_data import make_demo_dataset  # noqa: E402
 from tools.engine import backward_and_step, forward_loss, seed_everything  # noqa: E402
 from tools.layouts import CellRecord, read_records  # noqa: E402
@@ -85,6 +97,10 @@ def get_args(argv=None) -> Dict[str, argparse.Namespace]:
                        help="untimed steps before them (allocator, cuDNN, compile); the peak memory is taken over these")
     group.add_argument("--loader-batches", type=int, default=40, help="timed data-loader batches, over as many epochs as it takes")
     group.add_argument("--output-json", type=Path, default=None, help="also write the rows here")
+    group.add_argument("--predict-run", type=Path, default=None,
+                       help="also time predict.py end to end (benchmarks/predict_speed.py) with this run's checkpoints, "
+                            "ONNX Runtime against PyTorch, on --predict-cells copies of the images of --data-root")
+    group.add_argument("--predict-cells", type=int, default=1000, help="images predict.py is timed on")
     parsed = parser.parse_args(argv)
     if parsed.steps < 1 or parsed.warmup < 1:
         parser.error("--steps and --warmup need at least 1 (the peak memory is measured over the warm-up steps)")
@@ -319,10 +335,15 @@ def main(argv=None) -> None:
         "data": "generated demo data" if first.data_root is None else str(root), "cells": len(records),
         "steps": first.steps, "warmup": first.warmup, "loader_batches": first.loader_batches, "rows": rows,
     }
+    if first.predict_run is not None:
+        results["predict"] = predict_speed.measure(predict_speed.get_args(
+            ["--run-dir", str(first.predict_run), "--images", str(root), "--cells", str(first.predict_cells)]))
     if first.output_json is not None:
         first.output_json.parent.mkdir(parents=True, exist_ok=True)
         first.output_json.write_text(json.dumps(results, indent=2))
     print(markdown_table(results))
+    if "predict" in results:
+        print(predict_speed.markdown_table(results["predict"]))
 
 
 if __name__ == "__main__":

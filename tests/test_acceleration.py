@@ -4,7 +4,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tools.acceleration import Acceleration, autocast_dtype, resolve_acceleration, resolve_device
+from tools.acceleration import (
+    Acceleration,
+    autocast_dtype,
+    resolve_acceleration,
+    resolve_device,
+)
 from utils.errors import UserError
 
 CPU = torch.device("cpu")

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 import main_classify
-from tools.calibration import TEMPERATURE_RANGE, fit_temperature, temperature_nll, view_logits_of_cells
+from tools.calibration import (
+    TEMPERATURE_RANGE,
+    fit_temperature,
+    temperature_nll,
+    view_logits_of_cells,
+)
 from tools.cell_cache import PreparedCells
 from tools.inference import CellPipeline
 from tools.layouts import CellRecord

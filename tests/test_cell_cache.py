@@ -13,7 +13,12 @@ from tools.cell_cache import cache_key
 from tools.config import CELL_CACHE_ENV, data_parser
 from tools.data_loader import prepare_cells
 from tools.layouts import read_records
-from tools.masks import PredictedMaskFiles, ground_truth_masks, mask_paths, write_mask_pairs
+from tools.masks import (
+    PredictedMaskFiles,
+    ground_truth_masks,
+    mask_paths,
+    write_mask_pairs,
+)
 
 SIZE = 32
 

@@ -5,7 +5,11 @@ import pytest
 import timm
 import torch
 
-from model.classification_model import AttentionPoolingHead, ConvNeXtAttentionClassifier, SEBlock
+from model.classification_model import (
+    AttentionPoolingHead,
+    ConvNeXtAttentionClassifier,
+    SEBlock,
+)
 
 
 def build(num_classes=4, backbone="test_convnext", **kwargs):

@@ -13,8 +13,8 @@ from torch.utils.data import TensorDataset
 import tools.data_loader as data_loader
 from tools.data_loader import (
     ClassificationDataset,
-    SegmentationDataset,
     SeededSampler,
+    SegmentationDataset,
     build_augmentation,
     load_sample,
     make_loader,

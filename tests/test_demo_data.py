@@ -8,7 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from tools.demo_data import PARAMS_FILE, SIPAKMED_CLASSES, dataset_params, is_crowded, main, make_demo_dataset
+from tools.demo_data import (
+    PARAMS_FILE,
+    SIPAKMED_CLASSES,
+    dataset_params,
+    is_crowded,
+    main,
+    make_demo_dataset,
+)
 from utils.errors import UserError
 
 CLUSTERS = 2  # cluster 001 of each class is sparse, 002 crowded

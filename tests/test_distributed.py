@@ -5,10 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import distributed_toy
 import pytest
 import torch
 
-import distributed_toy
 from tools import distributed
 from tools.checkpoint import load_checkpoint
 

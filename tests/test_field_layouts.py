@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from tools.field_layouts import detect_field_layout, load_field, read_fields, read_isbi2014, read_sipakmed_fields
+from tools.field_layouts import (
+    detect_field_layout,
+    load_field,
+    read_fields,
+    read_isbi2014,
+    read_sipakmed_fields,
+)
 from utils.errors import UserError
 
 SIZE = (48, 64)  # height, width

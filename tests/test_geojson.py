@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from skimage.draw import polygon as fill_polygon
 
-from tools.geojson import cell_feature, closed_ring, feature_collection, mask_to_polygon, signed_area, write_geojson
+from tools.geojson import (
+    cell_feature,
+    closed_ring,
+    feature_collection,
+    mask_to_polygon,
+    signed_area,
+    write_geojson,
+)
 
 
 def corners(ring):

@@ -1,6 +1,5 @@
 """Grad-CAM: agrees with a hook-based computation on the full forward pass, per cell, in [0, 1] at the input's size;
 and the blend that draws it over a cell."""
-import numpy as np
 import torch
 import torch.nn.functional as F
 

@@ -3,10 +3,18 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from tiny_checkpoints import DEMO_CLASSES, save_untrained_checkpoints
+
 from tools.data_loader import ClassificationDataset, prepare_cells
-from tools.inference import FLIPS, CellPipeline, TorchBackend, masks_from_probs, sigmoid, softmax, torch_pipeline
+from tools.inference import (
+    FLIPS,
+    CellPipeline,
+    TorchBackend,
+    masks_from_probs,
+    sigmoid,
+    softmax,
+    torch_pipeline,
+)
 from tools.layouts import CellRecord, read_records
 from tools.masks import ground_truth_masks
 from utils.errors import UserError
@@ -41,7 +49,7 @@ def coordinate_segmenter():
 
 def test_flips_are_one_backend_call_of_three_b_images():
     segmenter = coordinate_segmenter()
-    pipeline = CellPipeline(segmenter, S)
+    pipeline = CellPipeline(segmenter, S, seg_flips=FLIPS)
     images = [ramp_image(), 255 - ramp_image()]
     pipeline.mask_probs(images)
     (batch,) = segmenter.batches
@@ -55,7 +63,7 @@ def test_flips_are_one_backend_call_of_three_b_images():
 def test_flipped_outputs_are_averaged_back_in_the_identity_orientation():
     """A backend that maps each pixel to its input's x (cell) and y (nucleus) gives back the identity's maps."""
     images = [ramp_image(), 255 - ramp_image()]
-    probs = CellPipeline(coordinate_segmenter(), S).mask_probs(images)
+    probs = CellPipeline(coordinate_segmenter(), S, seg_flips=FLIPS).mask_probs(images)
     for (cell_prob, nuc_prob), image in zip(probs, images):
         expected = sigmoid(normalize_image(image)[:2])
         np.testing.assert_allclose(cell_prob, expected[0], rtol=1e-6)

@@ -19,7 +19,6 @@ from tools.layouts import (
 )
 from utils.errors import UserError
 
-
 # ---------------------------------------------------------------- .dat polygons
 
 def write(path: Path, text: str) -> Path:

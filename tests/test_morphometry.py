@@ -3,7 +3,12 @@ import cv2
 import numpy as np
 import pytest
 
-from tools.morphometry import FEATURE_NAMES, HERLEV_FEATURES, cell_measurements, measurements_table
+from tools.morphometry import (
+    FEATURE_NAMES,
+    HERLEV_FEATURES,
+    cell_measurements,
+    measurements_table,
+)
 
 SIZE = 160  # px, the canvas; a Herlev cell is about this big
 CENTRE = (SIZE // 2, SIZE // 2)  # (x, y) for cv2

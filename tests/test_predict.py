@@ -11,12 +11,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from tiny_checkpoints import DEMO_CLASSES, save_untrained_classification
 
 import main_segment
 import predict
 from tools.inference import CellPrediction
 from tools.morphometry import FEATURE_NAMES
-from tiny_checkpoints import DEMO_CLASSES, save_untrained_classification
 from utils.errors import UserError
 
 TEMPERATURE = 2.0

@@ -19,7 +19,6 @@ from utils.preprocessing import (
     unletterbox,
 )
 
-
 # ---------------------------------------------------------------- read_image
 
 def test_bgr_on_disk_becomes_rgb(tmp_path):

@@ -6,9 +6,9 @@ from html.parser import HTMLParser
 import cv2
 import numpy as np
 import pytest
+from tiny_checkpoints import save_untrained_checkpoints
 
 import evaluate
-from tiny_checkpoints import save_untrained_checkpoints
 from utils.report import SECTIONS, ErrorExample, worst_errors, write_report
 from utils.visualization import plot_confusion_matrix
 

@@ -39,3 +39,21 @@ def save_untrained_checkpoints(checkpoint_dir: Path, temperature: Optional[float
     checkpoint_dir = Path(checkpoint_dir)
     return (save_untrained_segmentation(checkpoint_dir / "segmentation_best.pth", **settings),
             save_untrained_classification(checkpoint_dir / "classification_best.pth", temperature=temperature, **settings))
+
+
+def save_untrained_field_models(checkpoint_dir: Path, tile_size: int = 64, instance_size: int = 64, cell_window: int = 64,
+                                field_scale: float = 1.0, backbone: str = "test_convnext", decoder_channels=(16, 16, 16),
+                                seed: int = 0) -> Tuple[Path, Path]:
+    """fields_best.pth (3 input channels) and instances_best.pth (4) in checkpoint_dir, with the args train_fields.py
+    records (both checkpoints get all of them, as there)."""
+    args = {"img_size": tile_size, "tile_size": tile_size, "instance_size": instance_size, "cell_window": cell_window,
+            "field_scale": field_scale, "backbone": backbone}
+    paths = []
+    for stage, in_chans in (("fields", 3), ("instances", 4)):
+        torch.manual_seed(seed)
+        config = dict(backbone=backbone, decoder_channels=list(decoder_channels), in_chans=in_chans)
+        path = Path(checkpoint_dir) / f"{stage}_best.pth"
+        save_checkpoint(path, {"stage": stage, "model": DualHeadAttConvNeXtUNet(**config).state_dict(), "model_config": config,
+                               "epoch": 1, "args": args, "class_names": None})
+        paths.append(path)
+    return paths[0], paths[1]

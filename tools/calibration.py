@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from tools.cell_cache import PreparedCells
-
 from tools.checkpoint import load_model, save_checkpoint
 from tools.inference import CellPipeline, TorchBackend, batched
 from tools.run_dir import RunPaths

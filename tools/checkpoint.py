@@ -34,14 +34,16 @@ class RunState:
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
     """Write to a temporary file, then rename: a kill or a full disk during the save never breaks the previous one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    kept = "the previous one is kept" if path.exists() else "no earlier one existed"
+    if path.exists():
+        kept, advice = "the previous one is kept", "free disk space, then resume with --resume"
+    else:
+        kept, advice = "no earlier one existed", "free disk space, then run again"
     try:
         with written_atomically(path) as tmp_path:
             torch.save(state, tmp_path)
     except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError from its zip writer
         reason = " ".join(str(error).split())[:120]
-        raise UserError(f"{path}: checkpoint could not be written ({reason}); {kept}; "
-                        f"free disk space, then run again (with --resume once a checkpoint exists)") from None
+        raise UserError(f"{path}: checkpoint could not be written ({reason}); {kept}; {advice}") from None
 
 
 def load_checkpoint(path: Path, stage: str) -> Dict[str, Any]:

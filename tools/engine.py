@@ -19,8 +19,14 @@ from tqdm import tqdm
 
 from tools import distributed
 from tools.acceleration import Acceleration, autocast, to_device, wrap_for_training
-from tools.checkpoint import (RunState, check_resume_compatible, load_checkpoint, restore_rng_states, rng_states,
-                              save_checkpoint)
+from tools.checkpoint import (
+    RunState,
+    check_resume_compatible,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
 from tools.optim import ModelEma
 from utils.errors import UserError, note_kept
 

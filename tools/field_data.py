@@ -12,7 +12,7 @@ a marker's jitter are functions of (seed, epoch) alone and resume exactly.
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import albumentations as A
 import cv2
@@ -23,7 +23,13 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from tools.data_loader import DatasetSplit, seed_augmentation
-from tools.field_layouts import FieldRecord, detect_field_layout, load_field, read_fields
+from tools.field_geometry import crop_padded, grid_corners, window_crop, window_input
+from tools.field_layouts import (
+    FieldRecord,
+    detect_field_layout,
+    load_field,
+    read_fields,
+)
 from tools.splits import load_split
 from utils.errors import UserError
 from utils.preprocessing import PAD_RGB, normalize_image
@@ -48,7 +54,7 @@ def is_field_layout(layout: str, data_root) -> bool:
 def open_fields(args, paths) -> DatasetSplit:
     """The fields of the data root named by the data flags, every one decoded once, split by the manifest."""
     records, layout = read_fields(args.data_root, FIELD_LAYOUT_NAMES.get(args.layout, "auto"))
-    manifest_path = args.split_file or paths.manifest(args.data_root)
+    manifest_path = args.split_file or paths.manifest(args.data_root, "fields")
     by_split = load_split(records, manifest_path, args.data_root, layout, seed=args.split_seed)
     for name in ("train", "val"):
         if not by_split[name]:
@@ -147,22 +153,11 @@ def field_augmentation(train: bool) -> A.Compose:
     ])
 
 
-def crop_padded(array: np.ndarray, top: int, left: int, size: int, fill) -> np.ndarray:
-    """array[top:top+size, left:left+size], padded with `fill` where the window leaves the array."""
-    out = np.empty((size, size, *array.shape[2:]), array.dtype)
-    out[:] = fill
-    y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + size, array.shape[0]), min(left + size, array.shape[1])
-    if y1 > y0 and x1 > x0:
-        out[y0 - top:y1 - top, x0 - left:x1 - left] = array[y0:y1, x0:x1]
-    return out
-
-
 class FieldTiles(Dataset):
     """Tiles [3, S, S] of the fields with targets [2, S, S]: foreground (-1 where unknown), nuclei.
 
-    Training draws as many random tiles per field and epoch as its area holds; validation covers every field
-    with a fixed grid of tiles.
+    Training draws `tiles_per_field` random tiles per field and epoch, whatever the field's size; validation
+    covers every field with a fixed grid of tiles.
     """
 
     takes_sample_seeds = True
@@ -194,28 +189,6 @@ class FieldTiles(Dataset):
         foreground, nuclei = (mask.astype(np.float32) for mask in out["masks"])
         foreground[foreground == UNKNOWN] = -1.0
         return torch.from_numpy(normalize_image(out["image"])), torch.from_numpy(np.stack([foreground, nuclei]))
-
-
-def grid_corners(shape: Tuple[int, int], tile: int) -> List[Tuple[int, int]]:
-    """Top-left corners of tiles that cover an image, the last row and column flush with its far edges."""
-    def starts(length: int) -> List[int]:
-        return sorted({min(start, max(length - tile, 0)) for start in range(0, max(length - tile, 0) + tile, tile)})
-
-    return [(top, left) for top in starts(shape[0]) for left in starts(shape[1])]
-
-
-def window_crop(image: np.ndarray, marker: np.ndarray, centre: Tuple[float, float], window: int,
-                size: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The window of side `window` around centre (row, col), resized to size x size: (uint8 RGB, uint8 0/1 marker)."""
-    top, left = int(round(centre[0])) - window // 2, int(round(centre[1])) - window // 2
-    rgb = cv2.resize(crop_padded(image, top, left, window, PAD_RGB), (size, size), interpolation=cv2.INTER_AREA)
-    seed = cv2.resize(crop_padded(marker.astype(np.uint8), top, left, window, 0), (size, size), interpolation=cv2.INTER_NEAREST)
-    return rgb, seed
-
-
-def window_input(rgb: np.ndarray, marker: np.ndarray) -> np.ndarray:
-    """The instance model's input [4, S, S]: normalised RGB, then the 0/1 marker of the seed nucleus."""
-    return np.concatenate([normalize_image(rgb), marker[None].astype(np.float32)])
 
 
 class CellWindows(Dataset):

@@ -25,7 +25,13 @@ from scipy import ndimage
 
 from tools.layouts import IMAGE_EXTENSIONS, is_hidden, nucleus_owner, read_dat_polygon
 from utils.errors import UserError
-from utils.preprocessing import imread_unchanged, rasterize_polygons, read_image, read_mask, unreadable_reason
+from utils.preprocessing import (
+    imread_unchanged,
+    rasterize_polygons,
+    read_image,
+    read_mask,
+    unreadable_reason,
+)
 
 FIELD_LAYOUTS = ("isbi2014", "sipakmed")
 # Matched on the file stem without regard to case, as tools.layouts matches its names

@@ -9,8 +9,9 @@ import numpy as np
 
 from tools.fields import FieldCell
 from tools.geojson import cell_feature, mask_to_polygon, write_geojson
-from tools.metrics import normal_class_names
+from tools.layouts import normal_class_names
 from utils.errors import UserError
+from utils.files import write_image
 
 OVERLAY_MAX_SIDE = 8192  # px: larger fields get a scaled-down overlay (the label images stay full size)
 UNCLASSIFIED_RGB = (0, 200, 0)
@@ -78,13 +79,6 @@ def overlay(image: np.ndarray, cells: Sequence[FieldCell], class_names, colours)
     return canvas
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    if not cv2.imwrite(str(path), pixels):
-        raise UserError(f"{path}: could not be written; check the free space and --output-dir")
-
-
 def write_field(output_dir: Path, name: str, image: Optional[np.ndarray], shape, cells: Sequence[FieldCell],
                 class_names: Optional[Sequence[str]]) -> None:
     """<name>.geojson, <name>_cells.png, <name>_nuclei.png and (when the image is in memory) <name>_overlay.png."""
@@ -94,10 +88,10 @@ def write_field(output_dir: Path, name: str, image: Optional[np.ndarray], shape,
     features = [feature_of(cell, class_names, colours) for cell in cells]
     write_geojson(stem.with_name(f"{stem.name}.geojson"), [f for f in features if f is not None])
     cell_labels, nuc_labels = label_images(cells, shape)
-    write_png(stem.with_name(f"{stem.name}_cells.png"), cell_labels)
-    write_png(stem.with_name(f"{stem.name}_nuclei.png"), nuc_labels)
+    write_image(stem.with_name(f"{stem.name}_cells.png"), cell_labels)
+    write_image(stem.with_name(f"{stem.name}_nuclei.png"), nuc_labels)
     if image is not None:
-        write_png(stem.with_name(f"{stem.name}_overlay.png"), overlay(image, cells, class_names, colours))
+        write_image(stem.with_name(f"{stem.name}_overlay.png"), overlay(image, cells, class_names, colours))
 
 
 def table_rows(field_name: str, cells: Sequence[FieldCell], class_names) -> List[Dict]:

@@ -339,3 +339,14 @@ def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropp
     if empty:
         raise UserError(f"{root}: class folder(s) {', '.join(empty)} hold no usable images; add images or remove the folder")
     return sorted(records, key=lambda r: r.sample_id), layout
+
+
+# SIPaKMeD's normal cells; Herlev's are the classes named normal_*
+SIPAKMED_NORMAL = ("im_Superficial-Intermediate", "im_Parabasal", "im_Metaplastic")
+
+
+def normal_class_names(class_names: Sequence[str], chosen: Optional[Sequence[str]] = None) -> List[str]:
+    """The normal classes for the normal-vs-abnormal metrics: `chosen`, else normal_* and SIPaKMeD's normal classes."""
+    if chosen is not None:
+        return list(chosen)
+    return [c for c in class_names if c.lower().startswith("normal") or c in SIPAKMED_NORMAL]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from tools.inference import batched
 from tools.layouts import CellRecord, check_polygons_inside
 from utils.errors import UserError
-from utils.files import file_sha1, written_atomically
+from utils.files import file_sha1, write_image, written_atomically
 from utils.preprocessing import rasterize_polygons, read_mask
 
 MaskProvider = Callable[[CellRecord, Tuple[int, int]], Tuple[np.ndarray, np.ndarray]]
@@ -105,8 +105,7 @@ def write_mask_pairs(masks_dir: Path, predictions: Sequence[Tuple[CellRecord, np
         cyt_path, nuc_path = mask_paths(masks_dir, record)
         cyt_path.parent.mkdir(parents=True, exist_ok=True)
         for path, mask in ((cyt_path, cell_mask), (nuc_path, nuc_mask)):
-            if not cv2.imwrite(str(path), mask.astype(np.uint8) * 255):
-                raise UserError(f"{path}: could not be written; check the free space and the run folder")
+            write_image(path, mask.astype(np.uint8) * 255)
         hashes[record.sample_id] = file_sha1(record.image_path)
     masks_dir.mkdir(parents=True, exist_ok=True)
     with written_atomically(masks_dir / MASKS_MANIFEST) as tmp_path:

@@ -152,17 +152,6 @@ def most_confused_pairs(confusion: np.ndarray, class_names: Sequence[str], top: 
             for count, t, p in pairs[:top]]
 
 
-# SIPaKMeD's normal cells; Herlev's are the classes named normal_*
-SIPAKMED_NORMAL = ("im_Superficial-Intermediate", "im_Parabasal", "im_Metaplastic")
-
-
-def normal_class_names(class_names: Sequence[str], chosen: Optional[Sequence[str]] = None) -> List[str]:
-    """The normal classes for the normal-vs-abnormal metrics: `chosen`, else normal_* and SIPaKMeD's normal classes."""
-    if chosen is not None:
-        return list(chosen)
-    return [c for c in class_names if c.lower().startswith("normal") or c in SIPAKMED_NORMAL]
-
-
 # Herlev's seven classes from least to most severe (Jantzen et al. 2005)
 HERLEV_GRADE_ORDER = ("normal_superficiel", "normal_intermediate", "normal_columnar", "light_dysplastic",
                       "moderate_dysplastic", "severe_dysplastic", "carcinoma_in_situ")

@@ -1,12 +1,18 @@
-"""Export both trained models to ONNX (dynamic batch axis) and check them against PyTorch with ONNX Runtime.
+"""Export trained models to ONNX (dynamic batch axis) and check them against PyTorch with ONNX Runtime.
 
 segmentation.onnx    input  image  [B, 3, S, S]: the letterboxed RGB cell, normalised with ImageNet mean/std
                      output cyt, nuc [B, 1, S, S]: logits of the whole cell and of the nucleus
 classification.onnx  input  cell   [B, 5, S, S]: that image, then the cell and nucleus masks (0/1)
                      output logits [B, K]; probabilities = softmax(logits / temperature)
-Each file's metadata holds img_size, the checkpoint it was made from (`source`, a hash of the file:
-tools/inference.py exports again when the checkpoint changed), and for the classifier class_names and
-temperature. A classifier that takes cell measurements has a second input, measurements [B, F]. Letterboxing, flip averaging and mask clean-up stay outside the graphs (tools/inference.py).
+fields.onnx          input  tile   [B, 3, T, T]: a tile of a field at the model scale, normalised as above
+                     output cyt, nuc [B, 1, T, T]: logits of any cell (foreground) and of nuclei
+instances.onnx       input  window [B, 4, S, S]: a window around one nucleus, RGB normalised, then that nucleus (0/1)
+                     output cyt, nuc [B, 1, S, S]: logits of that nucleus's whole cell and of that nucleus
+Each file's metadata holds img_size (the graph's fixed side), the checkpoint it was made from (`source`, a
+hash of the file: tools/inference.py exports again when the checkpoint changed), for the classifier
+class_names and temperature, and for the two field models how tools/fields.py sees a field (field_scale,
+tile_size, cell_window, instance_size). A classifier that takes cell measurements has a second input,
+measurements [B, F]. Letterboxing, tiling, flip averaging and mask clean-up stay outside the graphs.
 """
 import json
 import warnings
@@ -19,11 +25,14 @@ import torch
 
 from model.segmentation_model import HEADS
 from tools.checkpoint import load_model
-from utils.files import file_sha1
+from utils.files import file_sha1, written_atomically
 
 TOLERANCE = 1e-4  # largest absolute difference from PyTorch accepted by the check
 CHECK_BATCH_SIZES = (1, 3)  # neither is the batch size traced at export, so a fixed batch axis would fail
 OPSET = 17
+FIELD_SETTINGS = ("field_scale", "tile_size", "cell_window", "instance_size")  # train_fields.py's args that tools/fields.py needs
+# each U-Net's input name and the checkpoint arg that fixes its side
+UNET_INPUTS = {"segmentation": ("image", "img_size"), "fields": ("tile", "tile_size"), "instances": ("window", "instance_size")}
 
 
 class SegmentationOutputs(torch.nn.Module):
@@ -40,21 +49,26 @@ class SegmentationOutputs(torch.nn.Module):
 
 def export(model: torch.nn.Module, examples: Sequence[torch.Tensor], path: Path, input_names: Sequence[str],
            output_names: Sequence[str], metadata: Dict[str, str], opset: int = OPSET) -> Path:
-    """Trace `model` on `examples` into `path`, every input and output with a dynamic batch axis 0."""
+    """Trace `model` on `examples` into `path`, every input and output with a dynamic batch axis 0.
+
+    The file appears under its name whole, in one rename: predict.py runs started together may export the same
+    file at once, and one of them must never open the other's half-written graph.
+    """
     dynamic_axes = {name: {0: "batch"} for name in (*input_names, *output_names)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # the TorchScript exporter (dynamo=False) is deprecated but works offline with no extra package;
-        # the torch.export one needs onnxscript
-        warnings.simplefilter("ignore", DeprecationWarning)
-        # shape assertions inside MultiheadAttention, constant for a given model: the check covers them
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(model, tuple(examples), str(path), dynamo=False, input_names=list(input_names),
-                          output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=opset)
-    graph = onnx.load(str(path))
-    onnx.helper.set_model_props(graph, metadata)
-    onnx.checker.check_model(graph)
-    onnx.save(graph, str(path))
+    with written_atomically(path) as tmp_path:
+        with warnings.catch_warnings():
+            # the TorchScript exporter (dynamo=False) is deprecated but works offline with no extra package;
+            # the torch.export one needs onnxscript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            # shape assertions inside MultiheadAttention, constant for a given model: the check covers them
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(model, tuple(examples), str(tmp_path), dynamo=False, input_names=list(input_names),
+                              output_names=list(output_names), dynamic_axes=dynamic_axes, opset_version=opset)
+        graph = onnx.load(str(tmp_path))
+        onnx.helper.set_model_props(graph, metadata)
+        onnx.checker.check_model(graph)
+        onnx.save(graph, str(tmp_path))
     return path
 
 
@@ -83,30 +97,44 @@ def max_difference(model: torch.nn.Module, path: Path, input_shapes: Sequence[Se
     return largest
 
 
+def graph_spec(stage: str, model: torch.nn.Module, checkpoint: Dict, source: str):
+    """How a stage's model is exported: (module to trace, [(input name, shape without the batch axis)], output
+    names, metadata). source: the checkpoint file's sha1."""
+    args = checkpoint["args"]
+    if stage == "classification":
+        size, num_measurements = args["img_size"], checkpoint["model_config"].get("num_measurements", 0)
+        inputs = [("cell", (5, size, size))] + ([("measurements", (num_measurements,))] if num_measurements else [])
+        return model, inputs, ["logits"], {
+            "img_size": str(size), "source": source, "class_names": json.dumps(checkpoint["class_names"]),
+            "temperature": str(float(checkpoint.get("temperature", 1.0))),
+            "measurement_model": json.dumps(checkpoint.get("measurement_model")),
+            "outputs": "logits; probabilities = softmax(logits / temperature)"}
+    # the U-Nets: the field model sees fixed tiles and the instance model fixed windows (tools/fields.py pads
+    # to them), so only the batch axis varies, as for the single-cell segmenter
+    input_name, side_arg = UNET_INPUTS[stage]
+    size, channels = args[side_arg], checkpoint["model_config"].get("in_chans", 3)
+    metadata = {"img_size": str(size), "source": source, "outputs": "logits; mask = sigmoid > 0.5"}
+    if stage in ("fields", "instances"):
+        metadata.update({key: str(args[key]) for key in FIELD_SETTINGS})
+    # eval() on the wrapper too: the exporter restores the wrapper's mode afterwards, and train() would recurse
+    return SegmentationOutputs(model).eval(), [(input_name, (channels, size, size))], list(HEADS), metadata
+
+
+def export_stage(stage: str, checkpoint_path: Path, path: Path, opset: int = OPSET, check: bool = True) -> Tuple[Path, float]:
+    """Export one checkpoint of `stage` (segmentation, classification, fields, instances) to `path`.
+
+    Returns (path, max difference from PyTorch on random batches, or nan without the check).
+    """
+    device = torch.device("cpu")  # the exported graph does not depend on it; CPU keeps the check exact
+    model, checkpoint = load_model(checkpoint_path, stage, device)
+    module, inputs, output_names, metadata = graph_spec(stage, model, checkpoint, file_sha1(checkpoint_path))
+    names, shapes = [name for name, _ in inputs], [shape for _, shape in inputs]
+    export(module, example_inputs(shapes, 2), Path(path), names, output_names, metadata, opset)
+    return Path(path), max_difference(module, Path(path), shapes) if check else float("nan")
+
+
 def export_run(seg_checkpoint: Path, cls_checkpoint: Path, out_dir: Path, opset: int = OPSET,
                check: bool = True) -> Dict[str, Tuple[Path, float]]:
-    """Export both checkpoints into out_dir. Returns {stage: (onnx path, max difference from PyTorch, or nan)}."""
-    device = torch.device("cpu")  # the exported graph does not depend on it; CPU keeps the check exact
-    seg_model, seg = load_model(seg_checkpoint, "segmentation", device)
-    cls_model, cls = load_model(cls_checkpoint, "classification", device)
-    seg_size, cls_size = seg["args"]["img_size"], cls["args"]["img_size"]
-    num_measurements = cls["model_config"].get("num_measurements", 0)
-    cls_inputs = [("cell", (5, cls_size, cls_size))] + ([("measurements", (num_measurements,))] if num_measurements else [])
-    exports = {
-        # eval() on the wrapper too: the exporter restores the wrapper's mode afterwards, and train() would recurse
-        "segmentation": (SegmentationOutputs(seg_model).eval(), [("image", (3, seg_size, seg_size))], list(HEADS),
-                         {"img_size": str(seg_size), "source": file_sha1(seg_checkpoint),
-                          "outputs": "logits; mask = sigmoid > 0.5"}),
-        "classification": (cls_model, cls_inputs, ["logits"],
-                           {"img_size": str(cls_size), "source": file_sha1(cls_checkpoint),
-                            "class_names": json.dumps(cls["class_names"]),
-                            "temperature": str(float(cls.get("temperature", 1.0))),
-                            "measurement_model": json.dumps(cls.get("measurement_model")),
-                            "outputs": "logits; probabilities = softmax(logits / temperature)"}),
-    }
-    written = {}
-    for stage, (model, inputs, output_names, metadata) in exports.items():
-        names, shapes = [name for name, _ in inputs], [shape for _, shape in inputs]
-        path = export(model, example_inputs(shapes, 2), Path(out_dir) / f"{stage}.onnx", names, output_names, metadata, opset)
-        written[stage] = (path, max_difference(model, path, shapes) if check else float("nan"))
-    return written
+    """Export both single-cell checkpoints into out_dir. Returns {stage: (onnx path, max difference from PyTorch, or nan)}."""
+    return {stage: export_stage(stage, checkpoint, Path(out_dir) / f"{stage}.onnx", opset, check)
+            for stage, checkpoint in (("segmentation", seg_checkpoint), ("classification", cls_checkpoint))}

@@ -6,6 +6,7 @@
     <run>/splits/<root>-<hash>.json                                     the split manifest
     <run>/skipped_cells.txt                                             with --skip-bad
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from utils.errors import UserError
 
@@ -61,11 +62,12 @@ class RunPaths:
     def skipped_cells(self) -> Path:
         return self.root / "skipped_cells.txt"
 
-    def manifest(self, data_root: Path) -> Path:
-        """One manifest per data root, kept under the run folder (data roots are often read-only)."""
+    def manifest(self, data_root: Path, kind: str = "cells") -> Path:
+        """One manifest per data root and kind (cells, or fields of view: a SIPaKMeD root holds both), kept under
+        the run folder (data roots are often read-only)."""
         root = Path(data_root).resolve()
         digest = hashlib.sha1(str(root).encode()).hexdigest()[:8]
-        return self.root / "splits" / f"{root.name}-{digest}.json"
+        return self.root / "splits" / f"{root.name}-{digest}{'' if kind == 'cells' else '-' + kind}.json"
 
 
 def check_outside_data(folder: Path, data_root: Optional[Path]) -> None:
@@ -93,6 +95,16 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True  # it exists, under another user
     return True
+
+
+@contextlib.contextmanager
+def open_run(run_dir: Path, data_root: Optional[Path] = None) -> Iterator[RunPaths]:
+    """The run folder of a script that writes into it: checked (outside the data, writable), then held (RunLock)."""
+    paths = RunPaths(Path(run_dir))
+    check_outside_data(paths.root, data_root)
+    check_writable(paths.root)
+    with RunLock(paths.root):
+        yield paths
 
 
 class RunLock:

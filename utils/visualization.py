@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow the backend switch)
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
+
 def _save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
