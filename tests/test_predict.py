@@ -143,6 +143,20 @@ def test_all_readable_exits_zero_and_explain_is_optional(run_dir, input_dir, tmp
         "predictions.csv", "predictions.json"]
 
 
+def test_batches_in_parallel_threads_give_the_rows_of_one_batch_at_a_time(run_dir, input_dir, tmp_path):
+    tables = {}
+    for workers in (1, 3):
+        out = tmp_path / f"workers{workers}"
+        code, stderr = run_predict([str(input_dir), "--run-dir", str(run_dir), "--output-dir", str(out), "--device", "cpu",
+                                    "--backend", "onnx", "--batch-size", "1", "--workers", str(workers)])
+        assert code == 1 and stderr.count("broken.png") == 1  # the unreadable file, named once
+        tables[workers] = read_csv(out / "predictions.csv")
+    assert [row["name"] for row in tables[3]] == [row["name"] for row in tables[1]]  # in the order of the inputs
+    assert sorted(row["name"] for row in tables[1]) == sorted(GOOD_NAMES)
+    for one, parallel in zip(tables[1], tables[3]):
+        assert one["predicted_class"] == parallel["predicted_class"] and one["nucleus_area_px"] == parallel["nucleus_area_px"]
+
+
 def test_bad_checkpoint_is_a_usage_error(run_dir, input_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         predict.main([str(input_dir), "--run-dir", str(run_dir), "--output-dir", str(tmp_path), "--device", "cpu",
