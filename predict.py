@@ -65,7 +65,8 @@ def get_args(argv=None) -> argparse.Namespace:
                              f"folders and globs yield {', '.join(e[1:] for e in IMAGE_EXTENSIONS)} files, leaving out "
                              f"hidden files and the masks of a paired layout (<n>N.png, <n>C.png beside <n>.bmp)")
     parser.add_argument("--output-dir", type=Path, default=None,
-                        help="folder for the masks, overlays and tables (default: RUN_DIR/outputs/predictions)")
+                        help="folder for the masks, overlays and tables (default: RUN_DIR/outputs/predictions; with --fields "
+                             "RUN_DIR/outputs/fields)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="images per forward pass of each stage")
     parser.add_argument("--device", type=device_name, default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--explain", action="store_true",
@@ -77,7 +78,7 @@ def get_args(argv=None) -> argparse.Namespace:
                              "(cells and --fields alike)")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="cells: batches predicted at once, each in its own thread (ONNX Runtime only; measured "
-                             "1.35x the cells/s of one batch on 2 threads) (default: the cores this process may use)")
+                             "1.26x the cells/s of one batch on 2 threads) (default: the cores this process may use)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="ONNX Runtime threads of each batch (default: the cores this process may use, shared "
                              "among --workers)")
@@ -95,9 +96,10 @@ def get_args(argv=None) -> argparse.Namespace:
                         help="fields are processed in blocks of this many px a side (memory follows it, not the field)")
     args = parser.parse_args(argv)
     resolve_checkpoints(args)
-    args.output_dir = args.output_dir or args.run_dir / "outputs" / "predictions"
-    args.field_checkpoint = args.field_checkpoint or args.run_dir / "checkpoints" / "fields_best.pth"
-    args.instance_checkpoint = args.instance_checkpoint or args.run_dir / "checkpoints" / "instances_best.pth"
+    run = RunPaths(args.run_dir)
+    args.output_dir = args.output_dir or (run.field_predictions if args.fields else run.predictions)
+    args.field_checkpoint = args.field_checkpoint or run.checkpoint("fields")
+    args.instance_checkpoint = args.instance_checkpoint or run.checkpoint("instances")
     return args
 
 

@@ -195,6 +195,15 @@ def test_the_output_folder_is_locked_while_predicting(run_dir, input_dir, tmp_pa
     assert code == 0 and not (tmp_path / ".lock").exists()  # taken while running, removed at exit
 
 
+def test_outputs_default_into_the_run_folder_cells_and_fields_apart(tmp_path):
+    cells = predict.get_args(["cells/", "--run-dir", str(tmp_path)])
+    fields = predict.get_args(["slide.tif", "--fields", "--run-dir", str(tmp_path)])
+    assert cells.output_dir == tmp_path / "outputs" / "predictions"
+    assert fields.output_dir == tmp_path / "outputs" / "fields"
+    assert fields.field_checkpoint == tmp_path / "checkpoints" / "fields_best.pth"
+    assert fields.instance_checkpoint == tmp_path / "checkpoints" / "instances_best.pth"
+
+
 def test_output_names_never_collide(tmp_path):
     paths = [tmp_path / "x" / "cell.png", tmp_path / "y" / "cell.png", tmp_path / "x" / "cell.bmp", tmp_path / "x" / "other.tif"]
     assert predict.output_names(paths) == ["x/cell.png", "y/cell", "x/cell.bmp", "x/other"]

@@ -335,7 +335,7 @@ def load_field_models(fields_checkpoint, instances_checkpoint, onnx_dir, backend
 
     Args:
         onnx_dir: where the exported files are kept (the run's outputs/onnx).
-        backend: 'onnx', 'torch', or 'auto': PyTorch where a CUDA device is asked for or present, else ONNX.
+        backend: 'onnx', 'torch', or 'auto' (tools/inference.resolve_backend).
         device_name: PyTorch's device (auto, cpu, cuda, cuda:N).
         threads: ONNX Runtime threads (default: the cores this process may use).
     """

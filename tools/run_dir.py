@@ -2,7 +2,7 @@
 
     <run>/checkpoints/<stage>_{best,last}.pth, checkpoints/oof/fold<k>/   weights
     <run>/logs/<stage>/                                                 TensorBoard, log.txt, args.json
-    <run>/outputs/masks/ eval/ predictions/ onnx/                       what the scripts produce
+    <run>/outputs/masks/ eval/ predictions/ fields/ onnx/               what the scripts produce
     <run>/splits/<root>-<hash>.json                                     the split manifest
     <run>/skipped_cells.txt                                             with --skip-bad
 """
@@ -53,6 +53,10 @@ class RunPaths:
     @property
     def predictions(self) -> Path:
         return self.root / "outputs" / "predictions"
+
+    @property
+    def field_predictions(self) -> Path:
+        return self.root / "outputs" / "fields"
 
     @property
     def onnx(self) -> Path:
