@@ -15,7 +15,7 @@ from tiny_checkpoints import (
 import export_onnx
 from tools.checkpoint import load_checkpoint, load_model, save_checkpoint
 from tools.fields import onnx_field_models
-from tools.inference import OnnxBackend, TorchBackend, onnx_backend, onnx_pipeline
+from tools.inference import GRAPH_OPTIMIZATIONS, OnnxBackend, TorchBackend, onnx_backend, onnx_pipeline
 from utils.files import file_sha1
 
 IMG_SIZE = 64
@@ -55,6 +55,16 @@ def test_classification_matches_pytorch(exported, batch_size):
     expected, (logits,) = pytorch_and_onnx_outputs(exported, "classification", torch.randn(batch_size, 5, IMG_SIZE, IMG_SIZE))
     assert logits.shape == (batch_size, len(DEMO_CLASSES))
     np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("level", ["disable", "basic", "extended"])
+def test_every_graph_optimisation_level_gives_the_default_levels_outputs(exported, level):
+    """benchmarks/onnx_steps.py times each level: they must compute the same function."""
+    path = exported / "outputs" / "onnx" / "classification.onnx"
+    cells = np.random.default_rng(0).standard_normal((2, 5, IMG_SIZE, IMG_SIZE)).astype(np.float32)
+    backend = OnnxBackend(path, 1, graph_optimization=level)
+    assert backend.session.get_session_options().graph_optimization_level.name == GRAPH_OPTIMIZATIONS[level]
+    np.testing.assert_allclose(backend(cells), OnnxBackend(path, 1)(cells), atol=1e-4, rtol=0)
 
 
 def test_files_name_their_outputs_and_carry_what_a_user_needs(exported):

@@ -34,6 +34,8 @@ FLIPS = ((), (-1,), (-2,))  # identity, horizontal, vertical: cells have no pref
 # The classifier averages the three (test accuracy +0.07 on Herlev, README); the segmenter sees the identity only:
 # on Herlev's 197 val + test cells the flips moved Dice by 0.002 (0.9457 vs 0.9438) for 2x the time of a cell
 SEGMENTATION_FLIPS = ((),)
+GRAPH_OPTIMIZATIONS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                       "all": "ORT_ENABLE_ALL"}  # ONNX Runtime's levels, each including the one before
 Backend = Callable[[np.ndarray], np.ndarray]
 
 
@@ -228,8 +230,10 @@ def torch_pipeline(seg_checkpoint: Optional[Path], cls_checkpoint: Optional[Path
 class OnnxBackend:
     """An exported model run by ONNX Runtime on the CPU, as a function of numpy batches."""
 
-    def __init__(self, path: Path, threads: Optional[int] = None):
-        """threads: ONNX Runtime's intra-op threads (default: the cores this process may use)."""
+    def __init__(self, path: Path, threads: Optional[int] = None, graph_optimization: str = "all"):
+        """threads: ONNX Runtime's intra-op threads (default: the cores this process may use);
+        graph_optimization: 'disable', 'basic' (constant folding, BatchNorm folded into convolutions), 'extended'
+        (fused operators) or 'all' (also CPU memory layouts); benchmarks/onnx_steps.py measures each."""
         import os
 
         import onnxruntime
@@ -237,6 +241,7 @@ class OnnxBackend:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
         options.inter_op_num_threads = 1
+        options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, GRAPH_OPTIMIZATIONS[graph_optimization])
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_names = [node.name for node in self.session.get_inputs()]
         self.metadata = self.session.get_modelmeta().custom_metadata_map
