@@ -16,6 +16,7 @@ from tools.field_data import (
     link_nuclei,
     open_fields,
     prepare_fields,
+    tiles_by_area,
 )
 from tools.field_geometry import crop_padded, grid_corners
 from tools.field_layouts import read_fields
@@ -109,6 +110,12 @@ def test_field_tiles_mark_unknown_foreground_where_cells_are_not_outlined(tmp_pa
         image, targets = FieldTiles([prepared], 32, train=True)[(item, 3)]
         assert image.shape == (3, 32, 32) and (targets[0] == -1).all() and set(np.unique(targets[1])) <= {0.0, 1.0}
         assert not image.isnan().any()
+
+
+def test_training_tiles_are_shared_out_by_field_area():
+    assert tiles_by_area([(512, 512)] * 3 + [(1024, 1024)], 4) == [2, 2, 2, 9]  # 16 tiles, 4:1 per pixel area
+    assert tiles_by_area([(8, 8), (1000, 1000)], 2) == [1, 4]  # every field keeps at least one tile
+    assert tiles_by_area([(64, 80)] * 5, 3) == [3] * 5
 
 
 def test_field_tiles_of_outlined_cells_target_foreground_and_nuclei(tmp_path):
