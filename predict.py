@@ -94,6 +94,9 @@ def get_args(argv=None) -> argparse.Namespace:
                         help="the instance model (default: RUN_DIR/checkpoints/instances_best.pth)")
     fields.add_argument("--block-size", type=positive_int, default=2048,
                         help="fields are processed in blocks of this many px a side (memory follows it, not the field)")
+    fields.add_argument("--keep-edge-cells", action="store_true",
+                        help="also keep the cells whose nucleus the image's border cuts (dropped by default: their "
+                             "nuclear size and grade cannot be measured)")
     args = parser.parse_args(argv)
     resolve_checkpoints(args)
     run = RunPaths(args.run_dir)
@@ -272,7 +275,7 @@ def predict_fields(args: argparse.Namespace, paths: Sequence[Path], names: Seque
             failed.append({"file": str(path), "error": str(error)})
             tqdm.write(f"skipped {error}", file=sys.stderr)
             continue
-        cells = segment_field(read, shape, models, args.block_size)
+        cells = segment_field(read, shape, models, args.block_size, args.keep_edge_cells)
         if pipeline is not None:
             classify_cells(read, shape, cells, pipeline, args.batch_size)
         write_field(args.output_dir, name, image, shape, cells, class_names)

@@ -155,6 +155,19 @@ def test_segment_field_at_half_scale_brings_cells_back_to_field_pixels():
         assert np.abs(np.array(cell.box) - expected_box(centre, 2 * CELL_RADIUS, shape)).max() <= 2
 
 
+@pytest.mark.parametrize("block", [2048, 64])
+def test_segment_field_drops_the_cells_whose_nucleus_the_border_cuts_unless_asked(block):
+    cut_nuclei = [(4, 90), (50, 124)]  # nuclei cut by the top and by the right border
+    centres = [*CENTRES.values(), *cut_nuclei]
+    image = draw_field(centres=centres)
+    read = lambda t, l, b, r: image[t:b, l:r]  # noqa: E731
+    kept = segment_field(read, FIELD_SHAPE, fake_models(), block=block)
+    assert sorted(by_nucleus(kept, centres, FIELD_SHAPE)[c] != [] for c in centres) == [False] * 2 + [True] * len(CENTRES)
+    assert all(by_nucleus(kept, cut_nuclei, FIELD_SHAPE)[c] == [] for c in cut_nuclei)  # "cut by the image corner": only its cell is cut
+    everything = segment_field(read, FIELD_SHAPE, fake_models(), block=block, keep_edge_cells=True)
+    assert len(everything) == len(centres) and all(len(cells) == 1 for cells in by_nucleus(everything, centres, FIELD_SHAPE).values())
+
+
 def test_segment_field_of_an_empty_field_finds_no_cell():
     image = np.full((*FIELD_SHAPE, 3), PAD_RGB, np.uint8)
     models = fake_models()
