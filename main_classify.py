@@ -45,6 +45,9 @@ def get_args(argv=None) -> argparse.Namespace:
                             f"usually with --no-class-weights, as both together over-correct) "
                             f"{stage_default('classification', 'balanced_sampling')}")
     group.add_argument("--label-smoothing", type=unit_fraction, default=0.1, help="cross-entropy label smoothing")
+    group.add_argument("--ordinal-labels", action="store_true",
+                       help="train on distance-aware soft labels for graded classes (Herlev's): the target spreads over the "
+                            "neighbouring grades, exp(-2 x grade distance), instead of label smoothing")
     group.add_argument("--measurement-model", action=argparse.BooleanOptionalAction,
                        help="average the CNN's probabilities with those of a logistic regression on the cell's "
                             f"measurements (tools/measurement_model.py) {stage_default('classification', 'measurement_model')}")

@@ -33,13 +33,15 @@ from tools.masks import (
     ground_truth_masks,
 )
 from tools.measurement_model import fit_measurement_model
-from tools.metrics import classification_metrics
+from tools.metrics import classification_metrics, default_class_order
 from tools.morphometry import FEATURE_NAMES
 from tools.optim import adamw, warmup_cosine
 from tools.pretrained import build_with_pretrained
 from tools.run_dir import RunPaths
 from tools.splits import manifest_sha1
 from utils.errors import UserError
+
+ORDINAL_SHARPNESS = 2.0  # --ordinal-labels: a neighbouring grade gets e^-2 of the true grade's weight
 
 
 class ClassificationBatchMeter:
@@ -70,12 +72,36 @@ def inverse_frequency_weights(records: Sequence[CellRecord], class_names: Sequen
     return weights * len(class_names) / weights.sum()
 
 
-def classification_task(class_names: Sequence[str], class_weights: Optional[torch.Tensor], label_smoothing: float) -> Task:
+def ordinal_targets(class_names: Sequence[str], class_order: Sequence[str], sharpness: float = ORDINAL_SHARPNESS) -> torch.Tensor:
+    """[K, K] distance-aware soft labels (SORD, Diaz and Marathe, CVPR 2019): row y is the target of a cell of
+    class y, softmax(-sharpness * |grade - grade of y|), so a neighbouring grade costs less than a distant one."""
+    grades = torch.tensor([float(class_order.index(name)) for name in class_names])
+    return torch.softmax(-sharpness * (grades[None, :] - grades[:, None]).abs(), dim=1)
+
+
+def classification_task(class_names: Sequence[str], class_weights: Optional[torch.Tensor], label_smoothing: float,
+                        soft_targets: Optional[torch.Tensor] = None) -> Task:
+    """Cross-entropy against the labels (smoothed), or against soft_targets[label] ([K, K]) when given; either way
+    weighted by class_weights[label] when given."""
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weight = class_weights.to(logits.device) if class_weights is not None else None
-        return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=label_smoothing)
+        if soft_targets is None:
+            return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=label_smoothing)
+        per_cell = -(soft_targets.to(logits.device)[labels] * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+        cell_weights = weight[labels] if weight is not None else torch.ones_like(per_cell)
+        return (per_cell * cell_weights).sum() / cell_weights.sum()  # as F.cross_entropy weighs
 
     return Task("classification", loss, lambda: ClassificationBatchMeter(class_names), monitor="macro_f1")
+
+
+def ordinal_soft_targets(args: argparse.Namespace, class_names: Sequence[str]) -> Optional[torch.Tensor]:
+    if not args.ordinal_labels:
+        return None
+    order = default_class_order(class_names)
+    if order is None:
+        raise UserError(f"{args.data_root}: --ordinal-labels needs classes with a known grade order (Herlev's); "
+                        f"{', '.join(class_names)} are not grades: drop the flag")
+    return ordinal_targets(class_names, order)
 
 
 def mask_provider(args: argparse.Namespace, paths: RunPaths, records: Sequence[CellRecord], device) -> MaskProvider:
@@ -146,7 +172,7 @@ def train(args: argparse.Namespace, split: DatasetSplit, paths: RunPaths, resume
         model.measurements.fit_statistics(torch.from_numpy(train_cells.measurements))
     model.to(device)
     weights = inverse_frequency_weights(split.by_split["train"], class_names) if args.class_weights else None
-    task = classification_task(class_names, weights, args.label_smoothing)
+    task = classification_task(class_names, weights, args.label_smoothing, ordinal_soft_targets(args, class_names))
     accel = resolve_acceleration(args, device)
     optimizer = adamw(model, args.lr, args.weight_decay, accel.fused_adamw)
     scheduler = warmup_cosine(optimizer, args.epochs * len(train_loader), int(args.warmup_epochs * len(train_loader)))
