@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -35,6 +36,7 @@ from tools.splits import read_manifest  # noqa: E402
 from utils.preprocessing import letterbox, normalize_image  # noqa: E402
 
 LEVELS = ("disable", "basic", "extended", "all")
+STAGES = ("segmentation", "classification")
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -68,7 +70,7 @@ def split_cells(args) -> Dict[str, list]:
 
 def calibration_batches(pipeline: CellPipeline, images: Sequence[np.ndarray], batch_size: int) -> Dict[str, List]:
     """Each graph's inputs on the calibration cells, in batches, as the pipeline builds them."""
-    feeds = {"segmentation": [], "classification": []}
+    feeds = {stage: [] for stage in STAGES}
     for chunk in batched(images, batch_size):
         feeds["segmentation"].append({"image": np.stack([normalize_image(letterbox(i, [], pipeline.seg_size)[0]) for i in chunk])})
         inputs, _ = pipeline.classifier_inputs(chunk, pipeline.masks(chunk))
@@ -98,28 +100,26 @@ def build_steps(args, workdir: Path, calibration_images) -> Dict[str, CellPipeli
     paths = RunPaths(args.run_dir)
     seg_ckpt, cls_ckpt = paths.checkpoint("segmentation"), paths.checkpoint("classification")
     steps = {"PyTorch (eager)": torch_pipeline(seg_ckpt, cls_ckpt, resolve_device("cpu"))[0]}
-    reference = onnx_pipeline(paths.onnx, seg_ckpt, cls_ckpt)  # exports the graphs once when absent
-    for level in LEVELS:
-        pipeline = onnx_pipeline(paths.onnx, seg_ckpt, cls_ckpt)
-        pipeline.segmenter = OnnxBackend(paths.onnx / "segmentation.onnx", graph_optimization=level)
-        pipeline.classifier = OnnxBackend(paths.onnx / "classification.onnx", graph_optimization=level)
+    reference = onnx_pipeline(paths.onnx, seg_ckpt, cls_ckpt)  # exports the graphs once when absent; level 'all'
+
+    def with_graphs(segmenter, classifier) -> CellPipeline:
+        return replace(reference, segmenter=segmenter, classifier=classifier)
+
+    for level in LEVELS[:-1]:
+        sessions = [OnnxBackend(paths.onnx / f"{stage}.onnx", graph_optimization=level) for stage in STAGES]
         if level == "disable":
-            separate = onnx_pipeline(paths.onnx, seg_ckpt, cls_ckpt)
-            separate.segmenter, separate.classifier = pipeline.segmenter, ViewPerCall(pipeline.classifier, len(FLIPS))
-            steps["ONNX, no graph optimisation, one call per flip"] = separate
-            steps["ONNX, no graph optimisation, flips in one call"] = pipeline
+            steps["ONNX, no graph optimisation, one call per flip"] = with_graphs(sessions[0], ViewPerCall(sessions[1], len(FLIPS)))
+            steps["ONNX, no graph optimisation, flips in one call"] = with_graphs(*sessions)
         else:
-            steps[f"ONNX, graph optimisation '{level}'"] = pipeline
+            steps[f"ONNX, graph optimisation '{level}'"] = with_graphs(*sessions)
+    steps["ONNX, graph optimisation 'all'"] = reference
     feeds = calibration_batches(reference, calibration_images, args.batch_size)
-    for stage in ("segmentation", "classification"):
+    for stage in STAGES:
         quantize(paths.onnx / f"{stage}.onnx", workdir / f"{stage}.int8.onnx", feeds[stage])
-    int8 = {stage: OnnxBackend(workdir / f"{stage}.int8.onnx") for stage in ("segmentation", "classification")}
-    for label, stages in (("segmenter", ("segmentation",)), ("classifier", ("classification",)),
-                          ("segmenter and classifier", ("segmentation", "classification"))):
-        pipeline = onnx_pipeline(paths.onnx, seg_ckpt, cls_ckpt)
-        pipeline.segmenter = int8["segmentation"] if "segmentation" in stages else pipeline.segmenter
-        pipeline.classifier = int8["classification"] if "classification" in stages else pipeline.classifier
-        steps[f"ONNX 'all', int8 {label}"] = pipeline
+    int8 = [OnnxBackend(workdir / f"{stage}.int8.onnx") for stage in STAGES]
+    steps["ONNX 'all', int8 segmenter"] = with_graphs(int8[0], reference.classifier)
+    steps["ONNX 'all', int8 classifier"] = with_graphs(reference.segmenter, int8[1])
+    steps["ONNX 'all', int8 segmenter and classifier"] = with_graphs(*int8)
     return steps
 
 
