@@ -33,7 +33,6 @@ from tools.inference import FLIPS, CellPipeline, OnnxBackend, batched, onnx_pipe
 from tools.layouts import read_records  # noqa: E402
 from tools.run_dir import RunPaths  # noqa: E402
 from tools.splits import read_manifest  # noqa: E402
-from utils.preprocessing import letterbox, normalize_image  # noqa: E402
 
 LEVELS = ("disable", "basic", "extended", "all")
 STAGES = ("segmentation", "classification")
@@ -72,7 +71,7 @@ def calibration_batches(pipeline: CellPipeline, images: Sequence[np.ndarray], ba
     """Each graph's inputs on the calibration cells, in batches, as the pipeline builds them."""
     feeds = {stage: [] for stage in STAGES}
     for chunk in batched(images, batch_size):
-        feeds["segmentation"].append({"image": np.stack([normalize_image(letterbox(i, [], pipeline.seg_size)[0]) for i in chunk])})
+        feeds["segmentation"].append(dict(zip(pipeline.segmenter.input_names, (pipeline.segmenter_inputs(chunk)[0],))))
         inputs, _ = pipeline.classifier_inputs(chunk, pipeline.masks(chunk))
         feeds["classification"].append(dict(zip(pipeline.classifier.input_names, inputs)))
     return feeds

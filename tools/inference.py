@@ -108,14 +108,18 @@ class CellPipeline:
 
     # ------------------------------------------------------------ stage 1
 
+    def segmenter_inputs(self, images: Sequence[np.ndarray]) -> Tuple[np.ndarray, List[LetterboxBox]]:
+        """The segmenter's input [B, 3, S, S] (each image letterboxed into its square, normalised) and the boxes."""
+        boxed = [letterbox(image, [], self.seg_size) for image in images]
+        return np.stack([normalize_image(canvas) for canvas, _, _ in boxed]), [box for _, _, box in boxed]
+
     def mask_probs(self, images: Sequence[np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray]]:
         """Flip-averaged cell and nucleus probabilities [H, W], each at its image's own size."""
-        boxed = [letterbox(image, [], self.seg_size) for image in images]
-        batch = np.stack([normalize_image(canvas) for canvas, _, _ in boxed])  # [B, 3, S, S]
+        batch, boxes = self.segmenter_inputs(images)
         views = self.segmenter(flip_views(batch, self.seg_flips))
         probs = sigmoid(split_views(views, True, self.seg_flips)).mean(axis=0)  # [B, 2, S, S]
         return [(unletterbox(p[0], box, image.shape[:2]), unletterbox(p[1], box, image.shape[:2]))
-                for p, image, (_, _, box) in zip(probs, images, boxed)]
+                for p, image, box in zip(probs, images, boxes)]
 
     def masks(self, images: Sequence[np.ndarray]) -> List[Tuple[np.ndarray, np.ndarray]]:
         """(whole-cell mask, nucleus mask), bool [H, W], per image."""
