@@ -71,7 +71,7 @@ def calibration_batches(pipeline: CellPipeline, images: Sequence[np.ndarray], ba
     """Each graph's inputs on the calibration cells, in batches, as the pipeline builds them."""
     feeds = {stage: [] for stage in STAGES}
     for chunk in batched(images, batch_size):
-        feeds["segmentation"].append(dict(zip(pipeline.segmenter.input_names, (pipeline.segmenter_inputs(chunk)[0],))))
+        feeds["segmentation"].append({pipeline.segmenter.input_names[0]: pipeline.segmenter_inputs(chunk)[0]})
         inputs, _ = pipeline.classifier_inputs(chunk, pipeline.masks(chunk))
         feeds["classification"].append(dict(zip(pipeline.classifier.input_names, inputs)))
     return feeds
