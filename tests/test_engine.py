@@ -1,4 +1,5 @@
 """Behaviour of tools/engine.py: seeding and the shared fit() loop (train, validate, checkpoint, log, resume)."""
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -89,6 +90,22 @@ def test_fit_learns_logs_and_checkpoints(tmp_path):
     assert last["best_metric"] == pytest.approx(best["accuracy"])
     for name, value in parts["model"].state_dict().items():
         assert torch.equal(last["model"][name], value)
+
+
+def test_fit_with_keep_final_keeps_the_last_epoch_as_best(tmp_path, capsys):
+    parts = setup_run(tmp_path)
+    parts["task"] = dataclasses.replace(parts["task"], keep_final=True)
+    inputs, labels = toy_data(32, 2).tensors
+    parts["val_loader"] = make_loader(TensorDataset(inputs, 1 - labels), 16, False, 0, CPU, 0)  # learning worsens it
+    kept = fit(**parts, epochs=3)
+    scores = [line["val_accuracy"] for line in log_lines(tmp_path)]
+    assert scores[-1] <= scores[0]  # so the best-scoring epoch would be the first
+    assert kept["epoch"] == 3 and kept["accuracy"] == pytest.approx(scores[-1])
+    best_ckpt = load_checkpoint(tmp_path / "checkpoints" / "toy_best.pth", "toy")
+    assert best_ckpt["epoch"] == 3
+    for name, value in parts["model"].state_dict().items():
+        assert torch.equal(best_ckpt["model"][name], value)
+    assert "(best)" not in capsys.readouterr().out
 
 
 def test_fit_resumes_at_the_next_epoch(tmp_path, capsys):

@@ -37,6 +37,7 @@ class Task:
     loss: Callable[[Any, torch.Tensor], torch.Tensor]  # (model outputs, targets) -> scalar
     new_meter: Callable[[], Any]  # () -> object with update(outputs, targets) and compute() -> dict
     monitor: str  # validation metric (higher is better) that picks the best checkpoint
+    keep_final: bool = False  # <stage>_best.pth is the last epoch's model, not the best-scoring one (monitor still logged)
 
 
 class TrainingDiverged(UserError):
@@ -160,11 +161,12 @@ def resume_training(path: Path, run: RunState, model, optimizer, scheduler, scal
 def fit(model, task: Task, train_loader, val_loader, optimizer, scheduler, device, epochs: int, run: RunState,
         checkpoint_dir: Path, log_dir: Path, resume: Optional[Path] = None, accel: Optional[Acceleration] = None,
         ema_decay: float = 0.0) -> Dict[str, Any]:
-    """Train for `epochs`, validating each epoch; keep <stage>_last.pth and <stage>_best.pth.
+    """Train for `epochs`, validating each epoch; keep <stage>_last.pth and <stage>_best.pth (task.keep_final: the
+    last epoch's, else the epoch best on task.monitor).
 
     With ema_decay > 0 the weights validated and saved as "model" are the moving average (the raw
     ones are saved too, to resume). Under torchrun only rank 0 logs and writes checkpoints.
-    Returns the best validation metrics.
+    Returns the validation metrics of the model kept as best.
     """
     accel = accel or Acceleration()
     scaler = accel.grad_scaler(device)
@@ -187,7 +189,7 @@ def fit(model, task: Task, train_loader, val_loader, optimizer, scheduler, devic
             scored_model = ema.module if ema is not None else model
             val_stats = evaluate(scored_model, val_loader, task, device, accel)
             score = val_stats[task.monitor]
-            is_best = score > best_score
+            is_best = task.keep_final or score > best_score
             if is_best:
                 best_score, best_metrics = score, dict(val_stats, epoch=epoch)
             if not main_process:
@@ -207,7 +209,7 @@ def fit(model, task: Task, train_loader, val_loader, optimizer, scheduler, devic
             note_kept(f"{run.stage} checkpoints up to epoch {epoch} are kept in {checkpoint_dir}; --resume continues")
             log_epoch(writer, log_dir, epoch, train_stats, val_stats, time.time() - started)
             print(f"{run.stage} epoch {epoch}/{epochs}  train loss {train_stats['loss']:.4f}  "
-                  f"val {task.monitor} {score:.4f}{'  (best)' if is_best else ''}")
+                  f"val {task.monitor} {score:.4f}{'  (best)' if is_best and not task.keep_final else ''}")
     finally:
         if writer is not None:
             writer.close()
