@@ -84,9 +84,10 @@ def export_all_masks(args, paths: RunPaths, split: DatasetSplit, device, started
 
 def train_on_fields(args, paths: RunPaths, started: float) -> None:
     split = open_fields(args, paths)
-    best = train_fields.train(args, split, paths)
-    print(f"fields trained in {time.time() - started:.0f}s; best val dice: field model nuclei "
-          f"{best['fields'].get('dice_nuc', float('nan')):.4f}, instance model cells {best['instances'].get('dice_cyt', float('nan')):.4f}")
+    kept = train_fields.train(args, split, paths)
+    print(f"fields trained in {time.time() - started:.0f}s; val dice of the kept models: field model nuclei "
+          f"{kept['fields'].get('dice_nuc', float('nan')):.4f} (last epoch), instance model cells "
+          f"{kept['instances'].get('dice_cyt', float('nan')):.4f} (best epoch {kept['instances'].get('epoch')})")
 
 
 @exit_on_user_error

@@ -37,7 +37,7 @@ class Task:
     loss: Callable[[Any, torch.Tensor], torch.Tensor]  # (model outputs, targets) -> scalar
     new_meter: Callable[[], Any]  # () -> object with update(outputs, targets) and compute() -> dict
     monitor: str  # validation metric (higher is better) that picks the best checkpoint
-    keep_final: bool = False  # <stage>_best.pth is the last epoch's model, not the best-scoring one (monitor still logged)
+    keep_final: bool = False  # <stage>_best.pth is the last epoch's model, not the best-scoring one
 
 
 class TrainingDiverged(UserError):
