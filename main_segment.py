@@ -86,8 +86,8 @@ def train_on_fields(args, paths: RunPaths, started: float) -> None:
     split = open_fields(args, paths)
     kept = train_fields.train(args, split, paths)
     print(f"fields trained in {time.time() - started:.0f}s; val dice of the kept models: field model nuclei "
-          f"{kept['fields'].get('dice_nuc', float('nan')):.4f} (last epoch), instance model cells "
-          f"{kept['instances'].get('dice_cyt', float('nan')):.4f} (best epoch {kept['instances'].get('epoch')})")
+          f"{kept['fields'].get('dice_nuc', float('nan')):.4f} (epoch {kept['fields'].get('epoch')}), instance model cells "
+          f"{kept['instances'].get('dice_cyt', float('nan')):.4f} (epoch {kept['instances'].get('epoch')})")
 
 
 @exit_on_user_error
