@@ -36,7 +36,8 @@ from utils.preprocessing import PAD_RGB, normalize_image
 
 UNKNOWN = 255  # foreground value of a field whose cells are not outlined (ISBI EDF): the loss skips those pixels
 # Nuclei are brought to about this diameter. ISBI 2014's median nucleus is ~22 px (EDF 22, synthetic 18), so ISBI runs
-# at scale 0.7; at its native scale (22) the outlines are better but detection is not, for twice the pixels (README).
+# at scale 0.7. At its native scale (22) outlines and, with the field model's last epoch kept, EDF detection measured
+# better, for twice the pixels; not yet the default (README, "How the field mode got here").
 NUCLEUS_TARGET_PX = 16.0
 
 
