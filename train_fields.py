@@ -7,8 +7,8 @@ Two models, both the seed's dual-head attention U-Net, trained one after the oth
    head `cyt` = that nucleus's whole cell, head `nuc` = that nucleus. Each cell is predicted on its own, so
    cells that overlap keep their whole outlines and every nucleus is linked to its cell.
 Writes checkpoints/fields_{best,last}.pth and instances_{best,last}.pth (fields_best.pth is the field model's last
-epoch, FIELD_TASK); their args hold field_scale (field pixels -> model pixels), tile_size and cell_window (the window
-side at the model scale).
+epoch, FIELD_TASK); their args hold field_scale (field pixels -> model pixels), nucleus_px (the median nucleus's diameter at the model
+scale), tile_size and cell_window (the window side at the model scale).
 """
 import argparse
 from typing import Dict, List
@@ -23,8 +23,10 @@ from tools.field_data import (
     CellWindows,
     FieldTiles,
     PreparedField,
+    NUCLEUS_TARGET_PX,
     cell_window,
     field_scale,
+    median_nucleus_diameter,
     prepare_fields,
 )
 from tools.optim import adamw, warmup_cosine
@@ -71,15 +73,17 @@ def train(args: argparse.Namespace, split: DatasetSplit, paths: RunPaths) -> Dic
     """Train the field model, then the instance model, on the split's train fields; returns their val metrics."""
     seed_everything(args.seed, args.deterministic)
 
-    # 1. Fields at the model's scale (nuclei about 16 px across)
-    args.field_scale = field_scale(split.by_split["train"])
+    # 1. Fields at the model's scale (nuclei about NUCLEUS_TARGET_PX across, or smaller if they are so natively)
+    nucleus_diameter = median_nucleus_diameter(split.by_split["train"])
+    args.field_scale = field_scale(nucleus_diameter)
+    args.nucleus_px = round((nucleus_diameter or NUCLEUS_TARGET_PX) * args.field_scale, 1)
     train_fields = prepare_fields(split.by_split["train"], args.field_scale, "loading train fields")
     val_fields = prepare_fields(split.by_split["val"], args.field_scale, "loading val fields")
     check_trainable(train_fields, "train")
     args.tile_size = args.img_size
     args.cell_window = cell_window(train_fields)
     settings = provenance(args, manifest_sha1(split.manifest_path), {"field_scale": args.field_scale})
-    print(f"fields: scale {args.field_scale}, tiles {args.tile_size}px, cell windows {args.cell_window}px -> "
+    print(f"fields: scale {args.field_scale}, nuclei {args.nucleus_px}px, tiles {args.tile_size}px, cell windows {args.cell_window}px -> "
           f"{args.instance_size}px")
 
     # 2. The field model on tiles (foreground + nuclei)

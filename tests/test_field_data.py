@@ -14,6 +14,7 @@ from tools.field_data import (
     field_scale,
     is_field_layout,
     link_nuclei,
+    median_nucleus_diameter,
     open_fields,
     prepare_fields,
     tiles_by_area,
@@ -76,13 +77,15 @@ def test_link_nuclei_leaves_a_cell_without_its_own_nucleus_unlinked():
 
 # ---------------------------------------------------------------- scale
 
-def test_field_scale_brings_nuclei_to_about_16_px(tmp_path):
+def test_field_scale_brings_nuclei_to_about_22_px_and_never_enlarges(tmp_path):
     isbi_sized = write_isbi_field(tmp_path / "small", "synth01", shape=(96, 96), cells=(((30, 30), 20), ((60, 60), 20)),
-                                  nucleus_radius=8)  # ~16 px across
-    assert field_scale(read_fields(isbi_sized)[0]) == 1.0
-    twice = write_isbi_field(tmp_path / "large", "synth01", shape=(128, 128), cells=(((40, 40), 30), ((84, 84), 30)),
-                             nucleus_radius=16)  # ~32 px across
-    assert field_scale(read_fields(twice)[0]) == pytest.approx(0.5, abs=0.05)
+                                  nucleus_radius=8)  # ~16 px across: smaller than the target, kept at its size
+    diameter = median_nucleus_diameter(read_fields(isbi_sized)[0])
+    assert diameter == pytest.approx(17, abs=1.5) and field_scale(diameter) == 1.0
+    twice = write_isbi_field(tmp_path / "large", "synth01", shape=(160, 160), cells=(((45, 45), 40), ((112, 112), 40)),
+                             nucleus_radius=22)  # ~44 px across
+    assert field_scale(median_nucleus_diameter(read_fields(twice)[0])) == pytest.approx(0.5, abs=0.05)
+    assert field_scale(None) == 1.0  # no labelled nucleus
 
 
 def test_prepare_fields_resizes_image_masks_and_keeps_nucleus_links(tmp_path):

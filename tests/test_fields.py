@@ -26,7 +26,7 @@ from tools.inference import CellPipeline
 from tools.layouts import CLUSTER_CROP_MARGIN
 from utils.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PAD_RGB, normalize_image
 
-CELL_RADIUS, NUCLEUS_RADIUS = 12, 5  # a nucleus of 81 px: above MIN_NUCLEUS_PX
+CELL_RADIUS, NUCLEUS_RADIUS = 12, 5  # a nucleus of 81 px: the median nucleus (FieldModels.nucleus_px 11)
 LOGIT = 20.0
 
 
@@ -66,7 +66,7 @@ class FakeInstanceModel:
 
 def fake_models(scale=1.0, window=32, tile=32) -> FieldModels:
     return FieldModels(fake_field_model, FakeInstanceModel(CELL_RADIUS), scale, tile, window, instance_size=window,
-                       batch_size=4)
+                       nucleus_px=2 * NUCLEUS_RADIUS + 1, batch_size=4)
 
 
 # cells (row, col) of a 96 x 128 field; with block=64 the block borders run along row 64 and column 64
@@ -211,8 +211,8 @@ def test_nucleus_instances_split_two_touching_nuclei_and_drop_debris():
     first, second = disc(shape, (20, 20), 6), disc(shape, (20, 31), 6)  # 11 px apart: they touch
     assert (first & second).any()
     debris = np.zeros(shape, bool)
-    debris[2:5, 50:53] = True  # 9 px
-    labels = nucleus_instances((first | second | debris).astype(np.float32))
+    debris[2:7, 50:57] = True  # 35 px: under a third of a median nucleus of 13 px across (133 px)
+    labels = nucleus_instances((first | second | debris).astype(np.float32), nucleus_px=13)
     assert labels.dtype == np.int32 and labels.max() == 2
     assert labels[debris].max() == 0
     for nucleus in (first, second):
@@ -220,6 +220,8 @@ def test_nucleus_instances_split_two_touching_nuclei_and_drop_debris():
         assert counts.max() / nucleus.sum() > 0.85 and values[counts.argmax()] > 0
     assert labels[20, 20] != labels[20, 31]
     assert np.array_equal(labels > 0, first | second)  # every nucleus pixel is kept
+    # the sizes follow the run's nuclei: next to median nuclei of 22 px across (380 px), one of 113 px is debris
+    assert nucleus_instances(first.astype(np.float32), nucleus_px=22).max() == 0
 
 
 def test_window_cell_keeps_the_field_models_nucleus_and_the_instance_models_cell():

@@ -40,6 +40,7 @@ def test_training_writes_both_models_with_how_they_see_a_field(fields_run):
         checkpoint = torch.load(fields_run / "checkpoints" / f"{stage}_best.pth", weights_only=False, map_location="cpu")
         args = checkpoint["args"]
         assert isinstance(args["field_scale"], float) and 0.25 <= args["field_scale"] <= 1.0
+        assert 5 < args["nucleus_px"] <= 22  # the demo's nuclei (~17 px) at the model scale, never enlarged
         assert args["tile_size"] == 64
         assert isinstance(args["cell_window"], int) and args["cell_window"] % 32 == 0 and args["cell_window"] > 0
         assert checkpoint["model_config"]["in_chans"] == (3 if stage == "fields" else 4)

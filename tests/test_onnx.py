@@ -14,7 +14,7 @@ from tiny_checkpoints import (
 
 import export_onnx
 from tools.checkpoint import load_checkpoint, load_model, save_checkpoint
-from tools.fields import onnx_field_models
+from tools.fields import UNRECORDED_NUCLEUS_PX, onnx_field_models, torch_field_models
 from tools.inference import GRAPH_OPTIMIZATIONS, OnnxBackend, TorchBackend, onnx_backend, onnx_pipeline
 from utils.files import file_sha1
 
@@ -91,7 +91,7 @@ def test_pipeline_of_the_classifier_alone_reuses_its_export(exported, capsys):
 
 # ---------------------------------------------------------------- the two field models
 
-FIELD_SETTINGS = dict(tile_size=64, instance_size=32, cell_window=96, field_scale=0.5)
+FIELD_SETTINGS = dict(tile_size=64, instance_size=32, cell_window=96, field_scale=0.5, nucleus_px=12.5)
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +121,18 @@ def test_field_models_return_what_the_pytorch_backend_returns(field_run, stage, 
 
 def test_field_exports_carry_how_the_models_see_a_field(field_run):
     models = onnx_field_models(field_run / "onnx", *field_checkpoints(field_run), threads=1, batch_size=5)
-    assert (models.scale, models.tile, models.window, models.instance_size, models.batch_size) == (0.5, 64, 96, 32, 5)
+    assert (models.scale, models.tile, models.window, models.instance_size, models.nucleus_px, models.batch_size) == \
+        (0.5, 64, 96, 32, 12.5, 5)
     for stage in ("fields", "instances"):
         metadata = OnnxBackend(field_run / "onnx" / f"{stage}.onnx", 1).metadata
         assert metadata["source"] == file_sha1(field_run / "checkpoints" / f"{stage}_best.pth")
+
+
+def test_field_models_of_a_run_without_nucleus_px_see_the_nuclei_it_was_trained_for(tmp_path):
+    save_untrained_field_models(tmp_path / "checkpoints", **{**FIELD_SETTINGS, "nucleus_px": None})
+    checkpoints = field_checkpoints(tmp_path)
+    assert torch_field_models(*checkpoints, torch.device("cpu")).nucleus_px == UNRECORDED_NUCLEUS_PX
+    assert onnx_field_models(tmp_path / "onnx", *checkpoints, threads=1).nucleus_px == UNRECORDED_NUCLEUS_PX
 
 
 def test_an_export_is_reused_until_its_checkpoint_changes(field_run, tmp_path, capsys):

@@ -42,12 +42,15 @@ def save_untrained_checkpoints(checkpoint_dir: Path, temperature: Optional[float
 
 
 def save_untrained_field_models(checkpoint_dir: Path, tile_size: int = 64, instance_size: int = 64, cell_window: int = 64,
-                                field_scale: float = 1.0, backbone: str = "test_convnext", decoder_channels=(16, 16, 16),
+                                field_scale: float = 1.0, nucleus_px: Optional[float] = 16.0,
+                                backbone: str = "test_convnext", decoder_channels=(16, 16, 16),
                                 seed: int = 0) -> Tuple[Path, Path]:
     """fields_best.pth (3 input channels) and instances_best.pth (4) in checkpoint_dir, with the args train_fields.py
-    records (both checkpoints get all of them, as there)."""
+    records (both checkpoints get all of them, as there; nucleus_px None: left out, as by older runs)."""
     args = {"img_size": tile_size, "tile_size": tile_size, "instance_size": instance_size, "cell_window": cell_window,
             "field_scale": field_scale, "backbone": backbone}
+    if nucleus_px is not None:
+        args["nucleus_px"] = nucleus_px
     paths = []
     for stage, in_chans in (("fields", 3), ("instances", 4)):
         torch.manual_seed(seed)

@@ -38,7 +38,7 @@ STAGE_DEFAULTS = {
     ),
     "fields": dict(  # stage 1 on fields of view (main_segment.py with --layout isbi2014 or sipakmed-fields)
         backbone="convnext_tiny",
-        img_size=256,  # side of the field model's tiles, at the field scale (nuclei about 16 px across)
+        img_size=256,  # side of the field model's tiles, at the field scale (nuclei at most 22 px across)
         batch_size=8,
         epochs=50,  # of the field model
         lr=1e-4,

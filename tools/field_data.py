@@ -35,10 +35,10 @@ from utils.errors import UserError
 from utils.preprocessing import PAD_RGB, normalize_image
 
 UNKNOWN = 255  # foreground value of a field whose cells are not outlined (ISBI EDF): the loss skips those pixels
-# Nuclei are brought to about this diameter. ISBI 2014's median nucleus is ~22 px (EDF 22, synthetic 18), so ISBI runs
-# at scale 0.7. At its native scale (22) outlines and, with the field model's last epoch kept, EDF detection measured
-# better, for twice the pixels; not yet the default (README, "How the field mode got here").
-NUCLEUS_TARGET_PX = 16.0
+# Nuclei are brought to about this diameter (never by enlarging a field): ISBI 2014's median nucleus, so ISBI runs at
+# its native scale. At 16 px (scale 0.7, the earlier default) the outlines were worse and EDF detection no better
+# (README, "How the field mode got here").
+NUCLEUS_TARGET_PX = 22.0
 
 
 FIELD_LAYOUT_NAMES = {"isbi2014": "isbi2014", "sipakmed-fields": "sipakmed"}  # --layout -> tools/field_layouts.py's name
@@ -96,17 +96,22 @@ def link_nuclei(cells: Sequence[np.ndarray], nuclei: np.ndarray) -> List[Optiona
     return linked
 
 
-def field_scale(records: Sequence[FieldRecord], max_fields: int = 8) -> float:
-    """Scale that brings the median nucleus to about NUCLEUS_TARGET_PX across (never above the native size)."""
+def median_nucleus_diameter(records: Sequence[FieldRecord], max_fields: int = 8) -> Optional[float]:
+    """Median diameter (of the disc of equal area, field px) of the labelled nuclei in the first fields; None if none."""
     diameters = []
     for record in records[:max_fields]:
         labels = load_field(record).nuc_labels
         if labels is not None:
             _, counts = np.unique(labels[labels > 0], return_counts=True)
             diameters += list(2 * np.sqrt(counts / np.pi))
-    if not diameters:
+    return float(np.median(diameters)) if diameters else None
+
+
+def field_scale(nucleus_diameter: Optional[float]) -> float:
+    """Scale that brings a nucleus of this diameter to about NUCLEUS_TARGET_PX across (never above the native size)."""
+    if nucleus_diameter is None:
         return 1.0
-    return float(np.clip(round(NUCLEUS_TARGET_PX / np.median(diameters) * 20) / 20, 0.25, 1.0))
+    return float(np.clip(round(NUCLEUS_TARGET_PX / nucleus_diameter * 20) / 20, 0.25, 1.0))
 
 
 def resized(array: np.ndarray, scale: float, interpolation: int) -> np.ndarray:

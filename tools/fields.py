@@ -33,12 +33,13 @@ from tools.inference import (
 from tools.layouts import CLUSTER_CROP_MARGIN
 from utils.preprocessing import PAD_RGB, fill_holes, largest_component, normalize_image
 
-# At the model scale, where field_scale brings the median nucleus to about 16 px across (field_data.NUCLEUS_TARGET_PX).
+# Nucleus instances, relative to the run's median nucleus (its diameter at the model scale: FieldModels.nucleus_px).
 # Tuned on the ISBI 2014 fields (EDF nucleus F1 at IoU 0.5 0.80 -> 0.90 on the run's train fields, 0.82 -> 0.92 on
 # its held-out ones, synthetic 0.97 -> 1.00): the looser values of before cut elongated nuclei in two and kept debris.
 NUCLEUS_THRESHOLD = 0.7  # nucleus probability: at 0.5 the field model's nuclei are ~20% larger than the annotated ones
-MIN_NUCLEUS_PX = 60  # smaller blobs are debris or inflammatory-cell fragments (ISBI's smallest nuclei are ~70 px)
-NUCLEUS_SPLIT_PX = 8  # watershed markers: distance-transform peaks at least this far apart (a nucleus's radius), half as deep
+MIN_NUCLEUS_SHARE = 0.32  # blobs under this share of the median nucleus's area are debris or inflammatory-cell fragments
+# Runs from before nucleus_px was recorded were trained with nuclei about this size (field_data.NUCLEUS_TARGET_PX then)
+UNRECORDED_NUCLEUS_PX = 16.0
 
 
 @dataclass
@@ -51,6 +52,7 @@ class FieldModels:
     tile: int  # T
     window: int  # side of a cell's window at the model scale
     instance_size: int  # S
+    nucleus_px: float  # the median training nucleus's diameter at the model scale
     batch_size: int = 8
 
 
@@ -103,14 +105,19 @@ def stride_starts(length: int, tile: int, step: int) -> List[int]:
 
 # ---------------------------------------------------------------- 2. nuclei
 
-def nucleus_instances(nuc_prob: np.ndarray) -> np.ndarray:
-    """int32 [H, W] nucleus labels: the thresholded map, touching nuclei split by a distance-transform watershed."""
+def nucleus_instances(nuc_prob: np.ndarray, nucleus_px: float) -> np.ndarray:
+    """int32 [H, W] nucleus labels: the thresholded map, touching nuclei split by a distance-transform watershed.
+
+    nucleus_px: the median nucleus's diameter in these pixels. Watershed markers are distance-transform peaks at
+    least a median nucleus's radius apart and half as deep; blobs under MIN_NUCLEUS_SHARE of its area are dropped.
+    """
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 
+    radius = max(1, round(nucleus_px / 2))
     mask = fill_holes(nuc_prob > NUCLEUS_THRESHOLD)
     distance = ndimage.distance_transform_edt(mask)
-    peaks = peak_local_max(distance, min_distance=NUCLEUS_SPLIT_PX, threshold_abs=NUCLEUS_SPLIT_PX / 2,
+    peaks = peak_local_max(distance, min_distance=radius, threshold_abs=radius / 2,
                            labels=ndimage.label(mask)[0], exclude_border=False)
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
@@ -119,7 +126,7 @@ def nucleus_instances(nuc_prob: np.ndarray) -> np.ndarray:
     unmarked, count = ndimage.label(mask & (labels == 0))
     labels[unmarked > 0] = unmarked[unmarked > 0] + labels.max()
     sizes = np.bincount(labels.ravel())
-    labels[sizes[labels] < MIN_NUCLEUS_PX] = 0
+    labels[sizes[labels] < MIN_NUCLEUS_SHARE * np.pi * (nucleus_px / 2) ** 2] = 0
     return relabel(labels)
 
 
@@ -225,7 +232,7 @@ def segment_block(image: np.ndarray, region: Tuple[int, int, int, int], core: Tu
     """The cells whose nucleus centre lies in `core` (field px), found in `image` = the field's `region`."""
     scaled = to_model_scale(image, models.scale)
     probs = tiled_probabilities(scaled, models)
-    labels = nucleus_instances(probs[1])
+    labels = nucleus_instances(probs[1], models.nucleus_px)
     nuclei = []
     for label, centre in nucleus_centres(labels):
         row, col = region[0] + centre[0] / models.scale, region[1] + centre[1] / models.scale
@@ -329,7 +336,8 @@ def torch_field_models(fields_checkpoint, instances_checkpoint, device, batch_si
     instance_model, instance_state = load_model(instances_checkpoint, "instances", device)
     args = instance_state["args"]
     return FieldModels(TorchBackend(field_model, device), TorchBackend(instance_model, device), float(args["field_scale"]),
-                       int(field_state["args"]["tile_size"]), int(args["cell_window"]), int(args["instance_size"]), batch_size)
+                       int(field_state["args"]["tile_size"]), int(args["cell_window"]), int(args["instance_size"]),
+                       float(args.get("nucleus_px", UNRECORDED_NUCLEUS_PX)), batch_size)
 
 
 def onnx_field_models(onnx_dir, fields_checkpoint, instances_checkpoint, threads: Optional[int] = None,
@@ -340,7 +348,8 @@ def onnx_field_models(onnx_dir, fields_checkpoint, instances_checkpoint, threads
     instances = onnx_backend(onnx_dir, "instances", instances_checkpoint, threads)
     meta = instances.metadata
     return FieldModels(field, instances, float(meta["field_scale"]), int(field.metadata["tile_size"]),
-                       int(meta["cell_window"]), int(meta["instance_size"]), batch_size)
+                       int(meta["cell_window"]), int(meta["instance_size"]),
+                       float(meta.get("nucleus_px", UNRECORDED_NUCLEUS_PX)), batch_size)
 
 
 def load_field_models(fields_checkpoint, instances_checkpoint, onnx_dir, backend: str = "auto", device_name: str = "auto",

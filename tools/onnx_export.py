@@ -30,7 +30,8 @@ from utils.files import file_sha1, written_atomically
 TOLERANCE = 1e-4  # largest absolute difference from PyTorch accepted by the check
 CHECK_BATCH_SIZES = (1, 3)  # neither is the batch size traced at export, so a fixed batch axis would fail
 OPSET = 17
-FIELD_SETTINGS = ("field_scale", "tile_size", "cell_window", "instance_size")  # train_fields.py's args that tools/fields.py needs
+# train_fields.py's args that tools/fields.py needs (nucleus_px is absent from older runs' checkpoints)
+FIELD_SETTINGS = ("field_scale", "tile_size", "cell_window", "instance_size", "nucleus_px")
 # each U-Net's input name and the checkpoint arg that fixes its side
 UNET_INPUTS = {"segmentation": ("image", "img_size"), "fields": ("tile", "tile_size"), "instances": ("window", "instance_size")}
 
@@ -115,7 +116,7 @@ def graph_spec(stage: str, model: torch.nn.Module, checkpoint: Dict, source: str
     size, channels = args[side_arg], checkpoint["model_config"].get("in_chans", 3)
     metadata = {"img_size": str(size), "source": source, "outputs": "logits; mask = sigmoid > 0.5"}
     if stage in ("fields", "instances"):
-        metadata.update({key: str(args[key]) for key in FIELD_SETTINGS})
+        metadata.update({key: str(args[key]) for key in FIELD_SETTINGS if key in args})
     # eval() on the wrapper too: the exporter restores the wrapper's mode afterwards, and train() would recurse
     return SegmentationOutputs(model).eval(), [(input_name, (channels, size, size))], list(HEADS), metadata
 
