@@ -7,8 +7,8 @@ Two models, both the seed's dual-head attention U-Net, trained one after the oth
    head `cyt` = that nucleus's whole cell, head `nuc` = that nucleus. Each cell is predicted on its own, so
    cells that overlap keep their whole outlines and every nucleus is linked to its cell.
 Writes checkpoints/fields_{best,last}.pth and instances_{best,last}.pth (fields_best.pth is the field model's last
-epoch, FIELD_TASK); their args hold field_scale (field pixels -> model pixels), nucleus_px (the median nucleus's diameter at the model
-scale), tile_size and cell_window (the window side at the model scale).
+epoch, FIELD_TASK); their args hold field_scale (field pixels -> model pixels), nucleus_px (the median nucleus's
+diameter at the model scale), tile_size and cell_window (the window side at the model scale).
 """
 import argparse
 from typing import Dict, List
@@ -20,10 +20,10 @@ from tools.config import provenance
 from tools.data_loader import DatasetSplit, make_loader
 from tools.engine import Task, fit, seed_everything
 from tools.field_data import (
+    NUCLEUS_TARGET_PX,
     CellWindows,
     FieldTiles,
     PreparedField,
-    NUCLEUS_TARGET_PX,
     cell_window,
     field_scale,
     median_nucleus_diameter,
@@ -83,8 +83,8 @@ def train(args: argparse.Namespace, split: DatasetSplit, paths: RunPaths) -> Dic
     args.tile_size = args.img_size
     args.cell_window = cell_window(train_fields)
     settings = provenance(args, manifest_sha1(split.manifest_path), {"field_scale": args.field_scale})
-    print(f"fields: scale {args.field_scale}, nuclei {args.nucleus_px}px, tiles {args.tile_size}px, cell windows {args.cell_window}px -> "
-          f"{args.instance_size}px")
+    print(f"fields: scale {args.field_scale}, nuclei {args.nucleus_px}px, tiles {args.tile_size}px, "
+          f"cell windows {args.cell_window}px -> {args.instance_size}px")
 
     # 2. The field model on tiles (foreground + nuclei)
     field_best = fit_model(args, FIELD_TASK, FieldTiles(train_fields, args.tile_size, train=True),

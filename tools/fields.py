@@ -15,7 +15,7 @@ The two models run by ONNX Runtime (the CPU's default: fields.onnx and instances
 checkpoint into the run's outputs/onnx) or by PyTorch (CUDA, --backend torch): load_field_models.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -334,10 +334,8 @@ def torch_field_models(fields_checkpoint, instances_checkpoint, device, batch_si
 
     field_model, field_state = load_model(fields_checkpoint, "fields", device)
     instance_model, instance_state = load_model(instances_checkpoint, "instances", device)
-    args = instance_state["args"]
-    return FieldModels(TorchBackend(field_model, device), TorchBackend(instance_model, device), float(args["field_scale"]),
-                       int(field_state["args"]["tile_size"]), int(args["cell_window"]), int(args["instance_size"]),
-                       float(args.get("nucleus_px", UNRECORDED_NUCLEUS_PX)), batch_size)
+    return field_models(TorchBackend(field_model, device), TorchBackend(instance_model, device),
+                        int(field_state["args"]["tile_size"]), instance_state["args"], batch_size)
 
 
 def onnx_field_models(onnx_dir, fields_checkpoint, instances_checkpoint, threads: Optional[int] = None,
@@ -346,10 +344,14 @@ def onnx_field_models(onnx_dir, fields_checkpoint, instances_checkpoint, threads
     their metadata carry the checkpoints' args, read as torch_field_models reads them."""
     field = onnx_backend(onnx_dir, "fields", fields_checkpoint, threads)
     instances = onnx_backend(onnx_dir, "instances", instances_checkpoint, threads)
-    meta = instances.metadata
-    return FieldModels(field, instances, float(meta["field_scale"]), int(field.metadata["tile_size"]),
-                       int(meta["cell_window"]), int(meta["instance_size"]),
-                       float(meta.get("nucleus_px", UNRECORDED_NUCLEUS_PX)), batch_size)
+    return field_models(field, instances, int(field.metadata["tile_size"]), instances.metadata, batch_size)
+
+
+def field_models(field: Backend, instances: Backend, tile: int, settings: Mapping, batch_size: int) -> FieldModels:
+    """FieldModels with train_fields.py's args as the instance checkpoint holds them (its ONNX metadata: as strings)."""
+    return FieldModels(field, instances, float(settings["field_scale"]), tile, int(settings["cell_window"]),
+                       int(settings["instance_size"]), float(settings.get("nucleus_px", UNRECORDED_NUCLEUS_PX)),
+                       batch_size)
 
 
 def load_field_models(fields_checkpoint, instances_checkpoint, onnx_dir, backend: str = "auto", device_name: str = "auto",
