@@ -23,7 +23,7 @@ from tools.calibration import TEMPERATURE_RANGE
 from tools.checkpoint import load_checkpoint
 from tools.config import HelpFormatter, data_parser, positive_int
 from tools.data_loader import open_dataset, usable_cells
-from tools.field_data import is_field_layout
+from tools.fields.data import is_field_layout
 from tools.inference import (
     CellPipeline,
     batched,
@@ -186,9 +186,9 @@ def full_size(cells, shape) -> tuple:
 
 def evaluate_fields(args, paths: RunPaths) -> None:
     """Fields of view: nuclei (detection F1 at IoU 0.5, Dice of matched nuclei), cells (ISBI 2014 Dice and FNo, AJI)."""
-    from tools.field_data import open_fields
-    from tools.field_layouts import load_field, read_fields
-    from tools.fields import load_field_models, segment_field
+    from tools.fields.data import open_fields
+    from tools.fields.layouts import load_field, read_fields
+    from tools.fields.segment import load_field_models, segment_field
     from tools.instance_metrics import (
         aggregated_jaccard_index,
         detection_scores,

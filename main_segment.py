@@ -23,7 +23,7 @@ from tools.config import (
     training_parser,
 )
 from tools.data_loader import DatasetSplit, open_dataset
-from tools.field_data import is_field_layout, open_fields
+from tools.fields.data import is_field_layout, open_fields
 from tools.inference import torch_pipeline
 from tools.masks import export_masks
 from tools.run_dir import RunPaths, open_run

@@ -249,8 +249,8 @@ def predict_chunk(pipeline: CellPipeline, args: argparse.Namespace, chunk: Seque
 
 def predict_fields(args: argparse.Namespace, paths: Sequence[Path], names: Sequence[str]) -> int:
     """--fields: every cell of every field, written per field and summarised for the run."""
-    from tools.field_outputs import table_rows, write_field, write_summary
-    from tools.fields import (
+    from tools.fields.outputs import table_rows, write_field, write_summary
+    from tools.fields.segment import (
         classify_cells,
         load_field_models,
         open_field,
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
     paths = find_images(args.inputs, exclude=args.output_dir)
     names = output_names(paths)
     if args.fields:
-        from tools.field_layouts import is_isbi_annotation
+        from tools.fields.layouts import is_isbi_annotation
 
         kept = [(path, name) for path, name in zip(paths, names) if not is_isbi_annotation(path)]  # masks beside fields
         paths, names = [path for path, _ in kept], [name for _, name in kept]

@@ -2,7 +2,7 @@
 
 Two models, both the seed's dual-head attention U-Net, trained one after the other by the shared engine:
 1. the field model, on tiles: head `cyt` = any cell (foreground), head `nuc` = nuclei. At inference it is
-   tiled over the field and its nuclei, split into instances, seed the cells (tools/fields.py).
+   tiled over the field and its nuclei, split into instances, seed the cells (tools/fields/segment.py).
 2. the instance model, with a 4th input channel: a window around one nucleus with that nucleus marked;
    head `cyt` = that nucleus's whole cell, head `nuc` = that nucleus. Each cell is predicted on its own, so
    cells that overlap keep their whole outlines and every nucleus is linked to its cell.
@@ -19,7 +19,7 @@ from tools.checkpoint import RunState
 from tools.config import provenance
 from tools.data_loader import DatasetSplit, make_loader
 from tools.engine import Task, fit, seed_everything
-from tools.field_data import (
+from tools.fields.data import (
     NUCLEUS_TARGET_PX,
     CellWindows,
     FieldTiles,

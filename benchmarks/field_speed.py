@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/field_speed.py`: the repo's packages are one folder up
 
 from benchmarks.herlev import git_commit  # noqa: E402
-from tools.fields import load_field_models, segment_field  # noqa: E402
+from tools.fields.segment import load_field_models, segment_field  # noqa: E402
 from tools.run_dir import RunPaths  # noqa: E402
 from utils.files import write_image  # noqa: E402
 from utils.preprocessing import read_image  # noqa: E402
@@ -195,7 +195,7 @@ def run_predict(args, image: Path, backend: str, output: Path) -> Dict:
 
 
 def image_shape(path: Path):
-    from tools.fields import open_field
+    from tools.fields.segment import open_field
 
     return open_field(path)[1]
 

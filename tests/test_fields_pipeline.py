@@ -14,7 +14,7 @@ import torch
 import evaluate
 import main_segment
 import predict
-import tools.fields
+import tools.fields.segment
 
 TINY = ["--backbone", "test_convnext", "--no-pretrained", "--img-size", "64", "--instance-size", "64", "--epochs", "1",
         "--instance-epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu",
@@ -77,7 +77,7 @@ def test_predict_fields_writes_per_field_outputs_and_run_tables(fields_run, demo
 
 def test_predict_fields_on_onnx_runtime_finds_the_cells_pytorch_finds(fields_run, demo_root, tmp_path, monkeypatch):
     """The CPU's default backend (both field models exported once into RUN_DIR/outputs/onnx) against PyTorch."""
-    monkeypatch.setattr(tools.fields, "NUCLEUS_THRESHOLD", 0.5)  # a one-epoch model is rarely sure of a nucleus
+    monkeypatch.setattr(tools.fields.segment, "NUCLEUS_THRESHOLD", 0.5)  # a one-epoch model is rarely sure of a nucleus
     fields = crowded_fields(demo_root)
     summaries, labels = {}, {}
     for backend in ("onnx", "torch"):

@@ -10,7 +10,7 @@ instances.onnx       input  window [B, 4, S, S]: a window around one nucleus, RG
                      output cyt, nuc [B, 1, S, S]: logits of that nucleus's whole cell and of that nucleus
 Each file's metadata holds img_size (the graph's fixed side), the checkpoint it was made from (`source`, a
 hash of the file: tools/inference.py exports again when the checkpoint changed), for the classifier
-class_names and temperature, and for the two field models how tools/fields.py sees a field (field_scale,
+class_names and temperature, and for the two field models how tools/fields/segment.py sees a field (field_scale,
 tile_size, cell_window, instance_size). A classifier that takes cell measurements has a second input,
 measurements [B, F]. Letterboxing, tiling, flip averaging and mask clean-up stay outside the graphs.
 """
@@ -30,7 +30,7 @@ from utils.files import file_sha1, written_atomically
 TOLERANCE = 1e-4  # largest absolute difference from PyTorch accepted by the check
 CHECK_BATCH_SIZES = (1, 3)  # neither is the batch size traced at export, so a fixed batch axis would fail
 OPSET = 17
-# train_fields.py's args that tools/fields.py needs (nucleus_px is absent from older runs' checkpoints)
+# train_fields.py's args that tools/fields/segment.py needs (nucleus_px is absent from older runs' checkpoints)
 FIELD_SETTINGS = ("field_scale", "tile_size", "cell_window", "instance_size", "nucleus_px")
 # each U-Net's input name and the checkpoint arg that fixes its side
 UNET_INPUTS = {"segmentation": ("image", "img_size"), "fields": ("tile", "tile_size"), "instances": ("window", "instance_size")}
@@ -110,7 +110,7 @@ def graph_spec(stage: str, model: torch.nn.Module, checkpoint: Dict, source: str
             "temperature": str(float(checkpoint.get("temperature", 1.0))),
             "measurement_model": json.dumps(checkpoint.get("measurement_model")),
             "outputs": "logits; probabilities = softmax(logits / temperature)"}
-    # the U-Nets: the field model sees fixed tiles and the instance model fixed windows (tools/fields.py pads
+    # the U-Nets: the field model sees fixed tiles and the instance model fixed windows (tools/fields/segment.py pads
     # to them), so only the batch axis varies, as for the single-cell segmenter
     input_name, side_arg = UNET_INPUTS[stage]
     size, channels = args[side_arg], checkpoint["model_config"].get("in_chans", 3)

@@ -23,8 +23,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from tools.data_loader import DatasetSplit, seed_augmentation
-from tools.field_geometry import crop_padded, grid_corners, window_crop, window_input
-from tools.field_layouts import (
+from tools.fields.geometry import crop_padded, grid_corners, window_crop, window_input
+from tools.fields.layouts import (
     FieldRecord,
     detect_field_layout,
     load_field,
@@ -41,7 +41,7 @@ UNKNOWN = 255  # foreground value of a field whose cells are not outlined (ISBI 
 NUCLEUS_TARGET_PX = 22.0
 
 
-FIELD_LAYOUT_NAMES = {"isbi2014": "isbi2014", "sipakmed-fields": "sipakmed"}  # --layout -> tools/field_layouts.py's name
+FIELD_LAYOUT_NAMES = {"isbi2014": "isbi2014", "sipakmed-fields": "sipakmed"}  # --layout -> tools/fields/layouts.py's name
 
 
 def is_field_layout(layout: str, data_root) -> bool:

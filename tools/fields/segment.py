@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from tools.field_geometry import crop_padded, grid_corners, window_crop, window_input
+from tools.fields.geometry import crop_padded, grid_corners, window_crop, window_input
 from tools.inference import (
     Backend,
     CellPipeline,
@@ -38,7 +38,7 @@ from utils.preprocessing import PAD_RGB, fill_holes, largest_component, normaliz
 # its held-out ones, synthetic 0.97 -> 1.00): the looser values of before cut elongated nuclei in two and kept debris.
 NUCLEUS_THRESHOLD = 0.7  # nucleus probability: at 0.5 the field model's nuclei are ~20% larger than the annotated ones
 MIN_NUCLEUS_SHARE = 0.32  # blobs under this share of the median nucleus's area are debris or inflammatory-cell fragments
-# Runs from before nucleus_px was recorded were trained with nuclei about this size (field_data.NUCLEUS_TARGET_PX then)
+# Runs from before nucleus_px was recorded were trained with nuclei about this size (fields.data.NUCLEUS_TARGET_PX then)
 UNRECORDED_NUCLEUS_PX = 16.0
 
 

@@ -1,5 +1,5 @@
 """How a field is cut into the models' inputs, in numpy alone (no torch): the field model's tiles and the
-instance model's window around one nucleus. Shared by training (tools/field_data.py) and inference (tools/fields.py).
+instance model's window around one nucleus. Shared by training (tools/fields/data.py) and inference (tools/fields/segment.py).
 """
 from typing import List, Tuple
 

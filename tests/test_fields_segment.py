@@ -1,4 +1,4 @@
-"""Behaviour of tools/fields.py (whole fields at inference) with fake numpy backends in place of trained models.
+"""Behaviour of tools/fields/segment.py (whole fields at inference) with fake numpy backends in place of trained models.
 
 The fake field model marks dark pixels of the (normalised) tile it is given: nuclei are drawn darkest, cytoplasm
 lighter, the background as light as the padding. The fake instance model answers every window with a disc of a
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from tools.fields import (
+from tools.fields.segment import (
     FieldCell,
     FieldModels,
     cell_crop,

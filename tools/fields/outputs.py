@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 import cv2
 import numpy as np
 
-from tools.fields import FieldCell
+from tools.fields.segment import FieldCell
 from tools.geojson import cell_feature, mask_to_polygon, write_geojson
 from tools.layouts import normal_class_names
 from utils.errors import UserError

@@ -1,4 +1,4 @@
-"""Behaviour of tools/field_data.py (stage 1 on fields of view): nucleus linking, scale, tiles and cell windows."""
+"""Behaviour of tools/fields/data.py (stage 1 on fields of view): nucleus linking, scale, tiles and cell windows."""
 import argparse
 from pathlib import Path
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tools.field_data import (
+from tools.fields.data import (
     UNKNOWN,
     CellWindows,
     FieldTiles,
@@ -19,8 +19,8 @@ from tools.field_data import (
     prepare_fields,
     tiles_by_area,
 )
-from tools.field_geometry import crop_padded, grid_corners
-from tools.field_layouts import read_fields
+from tools.fields.geometry import crop_padded, grid_corners
+from tools.fields.layouts import read_fields
 from tools.run_dir import RunPaths
 
 

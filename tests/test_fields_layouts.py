@@ -1,4 +1,4 @@
-"""Behaviour of tools/field_layouts.py on tiny ISBI 2014- and SIPaKMeD-like fields written into tmp_path."""
+"""Behaviour of tools/fields/layouts.py on tiny ISBI 2014- and SIPaKMeD-like fields written into tmp_path."""
 import shutil
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from tools.field_layouts import (
+from tools.fields.layouts import (
     detect_field_layout,
     load_field,
     read_fields,

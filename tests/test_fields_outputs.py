@@ -1,4 +1,4 @@
-"""Behaviour of tools/field_outputs.py: what predict.py --fields writes for a field, from hand-drawn cells."""
+"""Behaviour of tools/fields/outputs.py: what predict.py --fields writes for a field, from hand-drawn cells."""
 import json
 
 import cv2
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.draw import polygon as fill_polygon
 
-from tools.field_outputs import (
+from tools.fields.outputs import (
     SUSPICIOUS_LISTED,
     class_colours,
     field_summary,
@@ -15,7 +15,7 @@ from tools.field_outputs import (
     write_field,
     write_summary,
 )
-from tools.fields import FieldCell
+from tools.fields.segment import FieldCell
 
 SHAPE = (60, 100)
 CLASSES = ["im_Dyskeratotic", "im_Koilocytotic", "im_Parabasal"]  # Parabasal is a normal SIPaKMeD class

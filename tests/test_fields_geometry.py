@@ -1,7 +1,7 @@
-"""tools/field_geometry.py: tiles that cover a field exactly, crops padded where they leave it, a cell's window."""
+"""tools/fields/geometry.py: tiles that cover a field exactly, crops padded where they leave it, a cell's window."""
 import numpy as np
 
-from tools.field_geometry import crop_padded, grid_corners, window_crop, window_input
+from tools.fields.geometry import crop_padded, grid_corners, window_crop, window_input
 
 
 def test_grid_corners_cover_the_image_exactly_with_the_last_tile_flush():

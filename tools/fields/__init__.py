@@ -1,0 +1,8 @@
+"""Fields of view and whole slides: everything that reads, trains on, segments and writes images of many cells.
+
+    layouts.py   field data roots (ISBI 2014, SIPaKMeD cluster images) -> one record per field
+    data.py      training: fields at the model's scale, their tiles and cell windows
+    geometry.py  how a field is cut into the models' inputs (shared by training and inference)
+    segment.py   inference: every cell of a field, block by block, and its class
+    outputs.py   what predict.py --fields writes for a field
+"""
