@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -29,8 +30,12 @@ from tools.config import (
     HelpFormatter,
     checkpoint_parser,
     device_name,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
     positive_int,
     resolve_checkpoints,
+    unit_fraction,
 )
 from tools.inference import (
     CellPipeline,
@@ -78,25 +83,55 @@ def get_args(argv=None) -> argparse.Namespace:
                              "(cells and --fields alike)")
     parser.add_argument("--workers", type=positive_int, default=None,
                         help="cells: batches predicted at once, each in its own thread (ONNX Runtime only; measured "
-                             "1.26x the cells/s of one batch on 2 threads) (default: the cores this process may use)")
+                             "1.26x the cells/s of one batch on 2 threads); --fields: blocks screened at once "
+                             "(default: the cores this process may use)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="ONNX Runtime threads of each batch (default: the cores this process may use, shared "
                              "among --workers)")
     fields = parser.add_argument_group(
-        "fields of view (--fields): every INPUT is a whole field; per field <name>.geojson (QuPath cell objects), "
-        "<name>_cells.png and <name>_nuclei.png (uint16 instance labels), <name>_overlay.png; for the run cells.csv "
-        "and summary.json")
+        "fields of view and whole slides (--fields): every INPUT is a whole field or slide (PNG, BMP, JPEG, TIFF, and "
+        "every scanner format OpenSlide reads: .svs, .ndpi, .mrxs, .scn, DICOM, ...); per input <name>.geojson (QuPath "
+        "cell objects), <name>_cells.csv, <name>_summary.json (counts, the call, the most suspicious cells) and "
+        "<name>_report.html, and for images up to 25 megapixels <name>_cells.png, <name>_nuclei.png (uint16 instance "
+        "labels) and <name>_overlay.png; for the run cells.csv and summary.json. A killed run continues from its last "
+        "finished block when run again; an input already finished is not screened again")
     fields.add_argument("--fields", action="store_true",
-                        help="find, separate and classify every cell of whole fields (main_segment.py's field models)")
+                        help="find, separate and classify every cell of whole fields or slides (main_segment.py's field models)")
     fields.add_argument("--field-checkpoint", type=Path, default=None,
                         help="the field model (default: RUN_DIR/checkpoints/fields_best.pth)")
     fields.add_argument("--instance-checkpoint", type=Path, default=None,
                         help="the instance model (default: RUN_DIR/checkpoints/instances_best.pth)")
     fields.add_argument("--block-size", type=positive_int, default=2048,
-                        help="fields are processed in blocks of this many px a side (memory follows it, not the field)")
+                        help="inputs are screened in blocks of this many px a side (memory follows it, not the slide)")
     fields.add_argument("--keep-edge-cells", action="store_true",
                         help="also keep the cells whose nucleus the image's border cuts (dropped by default: their "
                              "nuclear size and grade cannot be measured)")
+    fields.add_argument("--mpp", type=positive_float, default=None,
+                        help="microns per pixel of the inputs, instead of what their metadata say (slides are brought "
+                             "to the training data's scale when both are known; unknown: read at their own pixel size)")
+    fields.add_argument("--tissue-threshold", type=non_negative_float, default=None,
+                        help="grey levels from the glass colour that count as cells on the low-resolution overview; "
+                             "blocks and tiles without any are skipped; 0: screen everything (default: 10, or 6 times "
+                             "the glass's noise when larger)")
+    fields.add_argument("--labels", default="auto", choices=["auto", "tiff", "none"],
+                        help="instance label images: auto: PNG (and an overlay) for inputs up to 25 megapixels, none "
+                             "above; tiff: uint32 tiled TIFF <name>_cells.tif and <name>_nuclei.tif for any size")
+    fields.add_argument("--force", action="store_true",
+                        help="screen inputs again that an earlier run finished with the same models and settings "
+                             "(without it they are skipped and only their call and report are made again)")
+    fields.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="run the blocks on a running Dask cluster (e.g. tcp://10.0.0.5:8786; README: many slides, "
+                             "many machines); default: in this process, --workers blocks at once")
+    call = parser.add_argument_group("the call per slide (<name>_summary.json, <name>_report.html)")
+    call.add_argument("--abnormal-probability", type=unit_fraction, default=0.5,
+                      help="a cell counts as abnormal from this summed probability of the abnormal classes")
+    call.add_argument("--abnormal-per-1000", type=non_negative_float, default=5.0,
+                      help="a slide is called abnormal from this many abnormal cells per 1000 cells")
+    call.add_argument("--min-cells", type=non_negative_int, default=5000,
+                      help="fewer cells: 'unsatisfactory', too few to call (The Bethesda System's 5000 squamous cells "
+                           "for a liquid-based slide)")
+    call.add_argument("--gallery", type=non_negative_int, default=50,
+                      help="most suspicious cells listed in the summary and shown in the report")
     args = parser.parse_args(argv)
     resolve_checkpoints(args)
     run = RunPaths(args.run_dir)
@@ -248,55 +283,77 @@ def predict_chunk(pipeline: CellPipeline, args: argparse.Namespace, chunk: Seque
 
 
 def predict_fields(args: argparse.Namespace, paths: Sequence[Path], names: Sequence[str]) -> int:
-    """--fields: every cell of every field, written per field and summarised for the run."""
-    from tools.fields.outputs import table_rows, write_field, write_summary
-    from tools.fields.segment import (
-        classify_cells,
-        load_field_models,
-        open_field,
-        segment_field,
-    )
+    """--fields: every cell of every field or slide, written per input as its blocks finish, then the run's tables."""
+    from tools.fields.slide import CallRule, ModelSpec, ScreenSettings, Screening, loaded_models
 
-    onnx_dir = RunPaths(args.run_dir).onnx
-    models = load_field_models(args.field_checkpoint, args.instance_checkpoint, onnx_dir, args.backend, args.device,
-                               args.threads, args.batch_size)
-    pipeline = None
-    if Path(args.cls_checkpoint).is_file():
-        pipeline = load_pipeline(None, args.cls_checkpoint, onnx_dir, args.backend, args.device, args.threads)
-    else:
+    backend = resolve_backend(args.backend, args.device)
+    has_classifier = Path(args.cls_checkpoint).is_file()
+    if not has_classifier:
         print(f"note: no classifier at {args.cls_checkpoint}: the cells are segmented, not classified")
-    class_names = pipeline.class_names if pipeline else None
+    executor, workers = block_executor(args, backend)
+    spec = ModelSpec(str(args.field_checkpoint), str(args.instance_checkpoint),
+                     str(args.cls_checkpoint) if has_classifier else None, str(RunPaths(args.run_dir).onnx), backend,
+                     args.device, args.threads or max(1, len(os.sched_getaffinity(0)) // workers), args.batch_size)
+    models, classifier = loaded_models(spec)  # exported to ONNX once, here; their scale and window plan the blocks
+    if models.mpp is None:
+        print("note: the field models' training data had no --mpp: every input is read at its own pixel size")
+    class_names = classifier.class_names if classifier else None
+    settings = ScreenSettings(args.block_size, args.keep_edge_cells, args.mpp, args.tissue_threshold, args.labels)
+    rule = CallRule(args.abnormal_probability, args.abnormal_per_1000, args.min_cells, args.gallery)
+    worker_spec = spec if args.scheduler is None else replace(spec, threads=1)  # a Dask worker runs a block per thread
+    screening = Screening(worker_spec, settings, rule, args.output_dir, models, class_names, args.force)
     start_up, started = seconds_since_process_start(), time.perf_counter()
-    rows_by_field, failed = {}, []
-    for path, name in tqdm(list(zip(paths, names)), desc="fields", unit="field"):
-        try:
-            read, shape, image = open_field(path)
-        except UserError as error:
-            failed.append({"file": str(path), "error": str(error)})
-            tqdm.write(f"skipped {error}", file=sys.stderr)
-            continue
-        cells = segment_field(read, shape, models, args.block_size, args.keep_edge_cells)
-        if pipeline is not None:
-            classify_cells(read, shape, cells, pipeline, args.batch_size)
-        write_field(args.output_dir, name, image, shape, cells, class_names)
-        rows_by_field[name] = table_rows(name, cells, class_names)
-    write_cells_csv(args.output_dir / "cells.csv", [row for rows in rows_by_field.values() for row in rows])
-    seconds = {"start_up": round(start_up, 3), "predicting": round(time.perf_counter() - started, 3)}
-    write_summary(args.output_dir, rows_by_field, class_names, {
-        "field_checkpoint": str(args.field_checkpoint), "instance_checkpoint": str(args.instance_checkpoint),
-        "cls_checkpoint": str(args.cls_checkpoint) if pipeline else None, "backend": resolve_backend(args.backend, args.device),
-        "seconds": seconds, "failed": failed})
-    print(f"found {sum(len(rows) for rows in rows_by_field.values())} cells in {len(rows_by_field)} of {len(paths)} fields "
-          f"in {seconds['predicting']:.1f}s (start-up {start_up:.1f}s); wrote {args.output_dir / 'cells.csv'} and summary.json")
-    return 1 if failed else 0
+    try:
+        with tqdm(total=0, desc="blocks", unit="block") as progress:
+            screening.run(list(zip(paths, names)), executor, 2 * workers, progress)
+    finally:
+        executor.shutdown()
+    write_run_tables(args, screening, backend, {"start_up": round(start_up, 3),
+                                                  "predicting": round(time.perf_counter() - started, 3)})
+    cells = sum(summary["cells"] for summary in screening.summaries.values())
+    print(f"found {cells} cells in {len(screening.summaries)} of {len(paths)} inputs in "
+          f"{time.perf_counter() - started:.1f}s (start-up {start_up:.1f}s); wrote {args.output_dir}: per input "
+          f"<name>.geojson, <name>_report.html, <name>_summary.json; for the run cells.csv and summary.json")
+    for name, summary in screening.summaries.items():
+        print(f"  {name}: {summary['cells']} cells, {summary['call']}")
+    return 1 if screening.failed else 0
 
 
-def write_cells_csv(path: Path, rows: Sequence[Dict]) -> None:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as table:
-        writer = csv.DictWriter(table, columns)
-        writer.writeheader()
-        writer.writerows(rows)
+def block_executor(args: argparse.Namespace, backend: str):
+    """(executor, blocks it runs at once): a Dask cluster with --scheduler, else this process (threads on ONNX Runtime)."""
+    if args.scheduler:
+        from tools.fields.cluster import dask_executor
+
+        return dask_executor(args.scheduler)
+    workers = (args.workers or len(os.sched_getaffinity(0))) if backend == "onnx" else 1
+    if workers == 1:
+        from tools.fields.slide import InProcess
+
+        return InProcess(), 1
+    return ThreadPoolExecutor(workers), workers
+
+
+def write_run_tables(args: argparse.Namespace, screening, backend: str, seconds: Dict[str, float]) -> None:
+    """cells.csv: every finished input's cells one after another; summary.json: the settings, every input, all pooled."""
+    from tools.fields.summary import summarise_cells
+
+    run_csv = args.output_dir / "cells.csv"
+    with open(run_csv, "w", newline="") as out:
+        for index, summary in enumerate(screening.summaries.values()):
+            with open(args.output_dir / summary["outputs"]["cells_csv"], newline="") as table:
+                header = table.readline()
+                if index == 0:
+                    out.write(header)
+                out.writelines(table)
+        if not screening.summaries:
+            out.write("field,id\n")
+    run_summary = {"settings": {"field_checkpoint": str(args.field_checkpoint), "instance_checkpoint": str(args.instance_checkpoint),
+                                "cls_checkpoint": str(args.cls_checkpoint) if screening.class_names else None,
+                                "backend": backend, "scheduler": args.scheduler, "seconds": seconds,
+                                "failed": screening.failed},
+                   "overall": summarise_cells(run_csv, screening.class_names, screening.rule, None),
+                   "fields": screening.summaries}
+    (args.output_dir / "summary.json").write_text(json.dumps(run_summary, indent=1))
 
 
 @exit_on_user_error

@@ -1,4 +1,4 @@
-"""Behaviour of tools/fields/outputs.py: what predict.py --fields writes for a field, from hand-drawn cells."""
+"""Behaviour of tools/fields/outputs.py: what predict.py --fields writes for every cell, from hand-drawn cells."""
 import json
 
 import cv2
@@ -7,13 +7,15 @@ import pytest
 from skimage.draw import polygon as fill_polygon
 
 from tools.fields.outputs import (
-    SUSPICIOUS_LISTED,
+    CellRecord,
+    cell_record,
     class_colours,
-    field_summary,
+    csv_row,
+    feature_id,
+    feature_json,
     label_images,
-    table_rows,
-    write_field,
-    write_summary,
+    overlay,
+    paint_labels,
 )
 from tools.fields.segment import FieldCell
 
@@ -59,18 +61,18 @@ def iou(a, b) -> float:
     return (a & b).sum() / (a | b).sum()
 
 
-# ---------------------------------------------------------------- write_field
+# ---------------------------------------------------------------- records and GeoJSON features
 
-def test_write_field_writes_one_qupath_cell_per_cell(tmp_path):
-    cells = two_overlapping_cells()
-    image = np.full((*SHAPE, 3), 220, np.uint8)
-    write_field(tmp_path, "slides/field01", image, SHAPE, cells, CLASSES)
-    folder = tmp_path / "slides"
-    collection = json.loads((folder / "field01.geojson").read_text())
-    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 2
+def records(cells, class_names=CLASSES):
+    return [(number, cell_record(cell, class_names, with_masks=True)) for number, cell in enumerate(cells, start=1)]
+
+
+def test_a_cell_becomes_one_qupath_cell_feature():
     colours = class_colours(CLASSES)
-    for feature, cell in zip(collection["features"], cells):
+    for number, (cell, record) in enumerate(zip(two_overlapping_cells(), [r for _, r in records(two_overlapping_cells())]), 1):
+        feature = json.loads(feature_json(record, "slides/field01", number, CLASSES, colours))
         assert feature["type"] == "Feature" and feature["properties"]["objectType"] == "cell"
+        assert feature["id"] == feature_id("slides/field01", number) != feature_id("slides/field02", number)
         assert iou(rasterised(feature["geometry"]["coordinates"][0]), full_mask(cell, cell.cell_mask)) > 0.9
         assert feature["properties"]["nucleusGeometry"] == feature["nucleusGeometry"]
         assert iou(rasterised(feature["nucleusGeometry"]["coordinates"][0]), full_mask(cell, cell.nuc_mask)) > 0.9
@@ -83,28 +85,53 @@ def test_write_field_writes_one_qupath_cell_per_cell(tmp_path):
         assert measurements["nc_ratio"] == pytest.approx(nucleus_area / (cell_area - nucleus_area))
         assert measurements["cell_score"] == pytest.approx(0.9)
         assert [measurements[f"prob_{c}"] for c in CLASSES] == pytest.approx(list(cell.probs))
-    assert [f["properties"]["classification"]["name"] for f in collection["features"]] == ["im_Parabasal", "im_Dyskeratotic"]
-    assert len({colour for colour in map(tuple, colours.values())}) == len(CLASSES)
-    overlay = cv2.imread(str(folder / "field01_overlay.png"))
-    assert overlay.shape == (*SHAPE, 3) and (overlay != 220).any()  # the outlines are drawn
+    assert len({colour for colour in map(tuple, class_colours(CLASSES).values())}) == len(CLASSES)
 
 
-def test_unclassified_cells_have_no_class_and_no_overlay_without_the_image(tmp_path):
-    write_field(tmp_path, "field", None, SHAPE, two_overlapping_cells(classified=False), None)
-    features = json.loads((tmp_path / "field.geojson").read_text())["features"]
-    assert len(features) == 2 and all("classification" not in f["properties"] for f in features)
-    assert all(not any(key.startswith("prob_") for key in f["properties"]["measurements"]) for f in features)
-    assert not (tmp_path / "field_overlay.png").exists() and (tmp_path / "field_cells.png").exists()
+def test_an_unclassified_cell_has_no_class_and_no_probabilities():
+    record = cell_record(two_overlapping_cells(classified=False)[0], None)
+    feature = json.loads(feature_json(record, "field", 1, None, {}))
+    assert "classification" not in feature["properties"] and record.masks is None
+    assert not any(key.startswith("prob_") for key in feature["properties"]["measurements"])
+    assert csv_row(record, "field", 1, None)["class"] == ""
 
 
-def test_label_images_are_uint16_and_an_overlap_goes_to_the_smaller_cell(tmp_path):
+def test_a_cell_without_pixels_gives_no_record():
+    empty = FieldCell((0, 0, 4, 4), np.zeros((4, 4), bool), np.zeros((4, 4), bool), 0.5)
+    assert cell_record(empty, None) is None
+
+
+def test_the_csv_row_holds_centroid_box_class_and_measurements():
+    (_, big), (_, small) = records(two_overlapping_cells())
+    rows = [csv_row(big, "field01", 1, CLASSES), csv_row(small, "field01", 2, CLASSES)]
+    assert [row["id"] for row in rows] == [1, 2] and {row["field"] for row in rows} == {"field01"}
+    # pixel-edge coordinates, as in the GeoJSON: the disc around pixel (30, 30) is centred on (30.5, 30.5)
+    assert (rows[0]["centroid_x"], rows[0]["centroid_y"]) == (30.5, 30.5)
+    assert (rows[1]["centroid_x"], rows[1]["centroid_y"]) == (52.5, 30.5)
+    assert [rows[0][key] for key in ("x0", "y0", "x1", "y1")] == [15, 15, 46, 46]
+    assert [row["class"] for row in rows] == ["im_Parabasal", "im_Dyskeratotic"]
+    assert rows[0]["cell_area_px"] == big.measurements["cell_area_px"] and rows[0]["prob_im_Parabasal"] == pytest.approx(0.7)
+
+
+def test_a_record_survives_pickling_with_its_masks():
+    import pickle
+
+    (_, record), _ = records(two_overlapping_cells())
+    copy = pickle.loads(pickle.dumps(record))
+    cell, nucleus = copy.unpacked_masks()
+    big = two_overlapping_cells()[0]
+    assert np.array_equal(cell, big.cell_mask) and np.array_equal(nucleus, big.nuc_mask)
+    assert isinstance(copy, CellRecord) and copy.outline == record.outline
+
+
+# ---------------------------------------------------------------- label images and overlays
+
+def test_label_images_are_uint16_and_an_overlap_goes_to_the_smaller_cell():
     big, small = two_overlapping_cells()
     big_mask, small_mask = full_mask(big, big.cell_mask), full_mask(small, small.cell_mask)
     assert (big_mask & small_mask).any()
     for cells in ([big, small], [small, big]):  # whatever the order of the cells
-        write_field(tmp_path, "field", None, SHAPE, cells, CLASSES)
-        cell_labels = cv2.imread(str(tmp_path / "field_cells.png"), cv2.IMREAD_UNCHANGED)
-        nuc_labels = cv2.imread(str(tmp_path / "field_nuclei.png"), cv2.IMREAD_UNCHANGED)
+        cell_labels, nuc_labels = label_images(records(cells), SHAPE)
         assert cell_labels.dtype == nuc_labels.dtype == np.uint16 and cell_labels.shape == SHAPE
         big_label, small_label = cells.index(big) + 1, cells.index(small) + 1
         assert (cell_labels[~(big_mask | small_mask)] == 0).all()
@@ -120,47 +147,17 @@ def test_label_images_of_a_field_without_cells_are_background():
     assert cell_labels.dtype == np.uint16 and not cell_labels.any() and not nuc_labels.any()
 
 
-# ---------------------------------------------------------------- tables and summaries
-
-def test_table_rows_hold_centroid_box_class_and_measurements():
-    big, small = two_overlapping_cells()
-    rows = table_rows("field01", [big, small], CLASSES)
-    assert [row["id"] for row in rows] == [1, 2] and {row["field"] for row in rows} == {"field01"}
-    # pixel-edge coordinates, as in the GeoJSON: the disc around pixel (30, 30) is centred on (30.5, 30.5)
-    assert (rows[0]["centroid_x"], rows[0]["centroid_y"]) == (30.5, 30.5)
-    assert (rows[1]["centroid_x"], rows[1]["centroid_y"]) == (52.5, 30.5)
-    assert [rows[0][key] for key in ("x0", "y0", "x1", "y1")] == [15, 15, 46, 46]
-    assert [row["class"] for row in rows] == ["im_Parabasal", "im_Dyskeratotic"]
-    assert rows[0]["cell_area_px"] == big.cell_mask.sum() and rows[0]["prob_im_Parabasal"] == pytest.approx(0.7)
-    unclassified = table_rows("field01", two_overlapping_cells(classified=False), None)
-    assert unclassified[0]["class"] == "" and not any(key.startswith("prob_") for key in unclassified[0])
+def test_a_window_of_the_labels_is_that_window_of_the_whole():
+    whole_cells, whole_nuclei = paint_labels(records(two_overlapping_cells()), 0, 0, *SHAPE)
+    part_cells, part_nuclei = paint_labels(records(two_overlapping_cells()), 20, 40, 30, 50)
+    assert whole_cells.dtype == np.uint32
+    assert np.array_equal(part_cells, whole_cells[20:50, 40:90]) and np.array_equal(part_nuclei, whole_nuclei[20:50, 40:90])
 
 
-def summary_row(field, index, probs):
-    return {"field": field, "id": index, "class": CLASSES[int(np.argmax(probs))],
-            **{f"prob_{name}": p for name, p in zip(CLASSES, probs)}}
-
-
-def test_field_summary_counts_classes_and_lists_the_most_suspicious_first():
-    rows = [summary_row("a", 1, [0.1, 0.1, 0.8]), summary_row("a", 2, [0.5, 0.45, 0.05]),
-            summary_row("a", 3, [0.2, 0.5, 0.3]), summary_row("a", 4, [0.05, 0.05, 0.9])]
-    summary = field_summary(rows, CLASSES)
-    assert summary["cells"] == 4
-    assert summary["counts"] == {"im_Dyskeratotic": 1, "im_Koilocytotic": 1, "im_Parabasal": 2}
-    assert summary["abnormal_fraction"] == 0.5
-    assert [cell["id"] for cell in summary["most_suspicious"]] == [2, 3, 1, 4]  # by Dyskeratotic + Koilocytotic
-    assert summary["most_suspicious"][0] == {"field": "a", "id": 2, "class": "im_Dyskeratotic", "abnormal_probability": 0.95}
-    many = [summary_row("b", i, [0.3, 0.3, 0.4]) for i in range(SUSPICIOUS_LISTED + 5)]
-    assert len(field_summary(many, CLASSES)["most_suspicious"]) == SUSPICIOUS_LISTED
-    assert field_summary(rows, None) == {"cells": 4}  # unclassified: a count only
-    assert field_summary([], CLASSES) == {"cells": 0}
-
-
-def test_write_summary_pools_fields_and_keeps_each(tmp_path):
-    rows = {"a": [summary_row("a", 1, [0.8, 0.1, 0.1])], "b": [summary_row("b", 1, [0.1, 0.1, 0.8]),
-                                                              summary_row("b", 2, [0.1, 0.1, 0.8])]}
-    write_summary(tmp_path, rows, CLASSES, {"block_size": 2048})
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["settings"] == {"block_size": 2048}
-    assert summary["overall"]["cells"] == 3 and summary["overall"]["abnormal_fraction"] == pytest.approx(1 / 3)
-    assert summary["fields"]["a"]["abnormal_fraction"] == 1.0 and summary["fields"]["b"]["counts"]["im_Parabasal"] == 2
+def test_the_overlay_outlines_every_cell_in_its_class_colour():
+    image = np.full((*SHAPE, 3), 220, np.uint8)
+    colours = class_colours(CLASSES)
+    drawn = overlay(image, [r for _, r in records(two_overlapping_cells())], CLASSES, colours)
+    assert drawn.shape == image.shape and (image == 220).all()  # drawn on a copy
+    for name in ("im_Parabasal", "im_Dyskeratotic"):
+        assert (drawn == np.array(colours[name], np.uint8)).all(axis=2).any()

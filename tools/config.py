@@ -215,6 +215,10 @@ def training_parser(stage: str) -> argparse.ArgumentParser:
                             "downloaded once into the Hugging Face cache (HF_HUB_OFFLINE=1: cache only)")
     group.add_argument("--weights", type=Path, default=None, help="local pretrained weights file for the backbone (implies --pretrained)")
     group.add_argument("--allow-download", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    group.add_argument("--mpp", type=positive_float, default=None,
+                       help="microns per pixel of the training images, when known (the scanner's metadata): kept in the "
+                            "checkpoints, so that predict.py --fields brings slides of another scale to this one "
+                            "(default: unknown; slides are then read at their own pixel size)")
     group.add_argument("--seed", type=non_negative_int, default=0, help="seed for weights, sampling and augmentation")
     group.add_argument("--deterministic", action="store_true", help="deterministic algorithms: identical reruns on CPU, slower")
     group.add_argument("--resume", type=Path, nargs="?", const=Path("auto"), default=None,

@@ -30,8 +30,8 @@ from utils.files import file_sha1, written_atomically
 TOLERANCE = 1e-4  # largest absolute difference from PyTorch accepted by the check
 CHECK_BATCH_SIZES = (1, 3)  # neither is the batch size traced at export, so a fixed batch axis would fail
 OPSET = 17
-# train_fields.py's args that tools/fields/segment.py needs (nucleus_px is absent from older runs' checkpoints)
-FIELD_SETTINGS = ("field_scale", "tile_size", "cell_window", "instance_size", "nucleus_px")
+# train_fields.py's args that tools/fields/segment.py needs (nucleus_px and mpp are absent from older runs' checkpoints)
+FIELD_SETTINGS = ("field_scale", "tile_size", "cell_window", "instance_size", "nucleus_px", "mpp")
 # each U-Net's input name and the checkpoint arg that fixes its side
 UNET_INPUTS = {"segmentation": ("image", "img_size"), "fields": ("tile", "tile_size"), "instances": ("window", "instance_size")}
 

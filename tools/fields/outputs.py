@@ -1,21 +1,44 @@
-"""What predict.py --fields writes for a field: GeoJSON for QuPath, label images, an overlay, table rows, a summary."""
+"""What predict.py --fields writes for every cell it finds: a record per cell, its QuPath GeoJSON feature, its
+cells.csv row, and the pictures made from many of them (instance label images, an outlined overlay).
+
+A block of a slide becomes CellRecords where it is segmented (possibly on another machine: records are small
+and picklable); where the outputs are written, each record gets its number within the slide and becomes a
+feature and a row. Numbers and feature ids follow the blocks' order, so a run writes the same bytes however
+its blocks were scheduled and however often it was interrupted.
+"""
 import json
-from collections import Counter
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+import uuid
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from tools.fields.segment import FieldCell
-from tools.geojson import cell_feature, mask_to_polygon, write_geojson
-from tools.layouts import normal_class_names
+from tools.geojson import Ring, cell_feature, mask_to_polygon
 from utils.errors import UserError
-from utils.files import write_image
 
-OVERLAY_MAX_SIDE = 8192  # px: larger fields get a scaled-down overlay (the label images stay full size)
 UNCLASSIFIED_RGB = (0, 200, 0)
-SUSPICIOUS_LISTED = 20  # cells per field (and overall) listed in summary.json by abnormal probability
+FEATURE_IDS = uuid.UUID("6f1d3c52-5a0e-4c1b-9a3e-2b7f0c8d4e91")  # namespace of the cells' uuid5 feature ids
+
+
+@dataclass
+class CellRecord:
+    """One cell as it leaves its block: geometry in slide pixels, measurements, class probabilities."""
+
+    box: Tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) in slide px
+    centroid: Tuple[float, float]  # x, y of the cell's centre in pixel-edge coordinates (as the GeoJSON)
+    outline: Ring  # the cell's polygon
+    nucleus: Optional[Ring]  # its nucleus's polygon
+    measurements: Dict[str, float]  # areas, N/C ratio, cell score and, when classified, prob_<class>
+    probs: Optional[List[float]]  # class probabilities, when classified
+    masks: Optional[Tuple[bytes, bytes]] = None  # np.packbits of the cell and nucleus masks over the box, on request
+
+    def unpacked_masks(self) -> Tuple[np.ndarray, np.ndarray]:
+        x0, y0, x1, y1 = self.box
+        size = (y1 - y0) * (x1 - x0)
+        return tuple(np.unpackbits(np.frombuffer(packed, np.uint8), count=size).reshape(y1 - y0, x1 - x0).astype(bool)
+                     for packed in self.masks)
 
 
 def class_colours(class_names: Sequence[str]) -> Dict[str, tuple]:
@@ -37,94 +60,89 @@ def cell_measurements(cell: FieldCell, class_names: Optional[Sequence[str]]) -> 
     return {**values, **cell.measurements}
 
 
-def predicted_class(cell: FieldCell, class_names: Optional[Sequence[str]]) -> Optional[str]:
-    return None if cell.probs is None else class_names[int(np.argmax(cell.probs))]
-
-
-def feature_of(cell: FieldCell, class_names, colours) -> Optional[Dict]:
+def cell_record(cell: FieldCell, class_names: Optional[Sequence[str]], with_masks: bool = False) -> Optional[CellRecord]:
+    """The record of a found cell (None when its mask has no outline to draw)."""
     x0, y0 = cell.box[:2]
     outline = mask_to_polygon(cell.cell_mask, (x0, y0))
     if outline is None:
         return None
-    nucleus = mask_to_polygon(cell.nuc_mask, (x0, y0))
-    name = predicted_class(cell, class_names)
-    feature = cell_feature(outline, nucleus, name, colours.get(name), cell_measurements(cell, class_names))
-    if nucleus is not None:  # QuPath reads nucleusGeometry beside "geometry"; readers that follow the spec look here
+    rows, cols = np.nonzero(cell.cell_mask)
+    centroid = (round(float(x0 + cols.mean() + 0.5), 2), round(float(y0 + rows.mean() + 0.5), 2))
+    masks = (np.packbits(cell.cell_mask).tobytes(), np.packbits(cell.nuc_mask).tobytes()) if with_masks else None
+    probs = None if cell.probs is None else [float(p) for p in cell.probs]
+    return CellRecord(tuple(int(v) for v in cell.box), centroid, outline, mask_to_polygon(cell.nuc_mask, (x0, y0)),
+                      cell_measurements(cell, class_names), probs, masks)
+
+
+def predicted_class(record, class_names: Optional[Sequence[str]]) -> Optional[str]:
+    """The class with the highest probability (records and FieldCells alike), None when not classified."""
+    return None if record.probs is None else class_names[int(np.argmax(record.probs))]
+
+
+def feature_id(input_name: str, number: int) -> str:
+    """The same UUID for the same cell of the same input in every run (QuPath wants a UUID per object)."""
+    return str(uuid.uuid5(FEATURE_IDS, f"{input_name}/{number}"))
+
+
+def feature_json(record: CellRecord, input_name: str, number: int, class_names, colours) -> str:
+    """The cell as one GeoJSON Feature (tools/geojson.py: QuPath's conventions), as JSON text."""
+    name = predicted_class(record, class_names)
+    feature = cell_feature(record.outline, record.nucleus, name, colours.get(name), record.measurements,
+                           feature_id(input_name, number))
+    if record.nucleus is not None:  # QuPath reads nucleusGeometry beside "geometry"; readers that follow the spec look here
         feature["properties"]["nucleusGeometry"] = feature["nucleusGeometry"]
-    return feature
+    return json.dumps(feature, allow_nan=False)
 
 
-def label_images(cells: Sequence[FieldCell], shape) -> tuple:
-    """uint16 cell and nucleus instance labels (cell i + 1, its nucleus i + 1); where cells overlap, the smaller wins."""
-    if len(cells) >= 2**16:
-        raise UserError(f"{len(cells)} cells in one field: more than a 16-bit label image holds; use smaller fields")
-    cell_labels, nuc_labels = np.zeros(shape, np.uint16), np.zeros(shape, np.uint16)
-    for index in sorted(range(len(cells)), key=lambda i: -cells[i].cell_mask.sum()):
-        x0, y0, x1, y1 = cells[index].box
-        cell_labels[y0:y1, x0:x1][cells[index].cell_mask] = index + 1
-        nuc_labels[y0:y1, x0:x1][cells[index].nuc_mask] = index + 1
+def csv_columns(class_names: Optional[Sequence[str]]) -> List[str]:
+    columns = ["field", "id", "centroid_x", "centroid_y", "x0", "y0", "x1", "y1", "class", "cell_area_px",
+               "nucleus_area_px", "cytoplasm_area_px", "nc_ratio", "cell_score"]
+    return columns + [f"prob_{name}" for name in class_names or []]
+
+
+def csv_row(record: CellRecord, input_name: str, number: int, class_names) -> Dict:
+    """cells.csv's row of a cell: input, number, centroid, bounding box, class, measurements, probabilities."""
+    x0, y0, x1, y1 = record.box
+    return {"field": input_name, "id": number, "centroid_x": record.centroid[0], "centroid_y": record.centroid[1],
+            "x0": x0, "y0": y0, "x1": x1, "y1": y1, "class": predicted_class(record, class_names) or "",
+            **record.measurements}
+
+
+# ---------------------------------------------------------------- pictures of many cells
+
+def paint_labels(records: Iterable[Tuple[int, CellRecord]], top: int, left: int, height: int, width: int,
+                 dtype=np.uint32) -> Tuple[np.ndarray, np.ndarray]:
+    """Cell and nucleus instance labels of a window of the slide: each cell painted with its number; where cells
+    overlap, the smaller one wins (painted last). records: (number, record with masks)."""
+    cell_labels, nuc_labels = np.zeros((height, width), dtype), np.zeros((height, width), dtype)
+    for number, record in sorted(records, key=lambda item: (-item[1].measurements["cell_area_px"], item[0])):
+        x0, y0, x1, y1 = record.box
+        ys, xs = slice(max(y0, top), min(y1, top + height)), slice(max(x0, left), min(x1, left + width))
+        if ys.stop <= ys.start or xs.stop <= xs.start:
+            continue
+        cell, nucleus = (mask[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] for mask in record.unpacked_masks())
+        window = (slice(ys.start - top, ys.stop - top), slice(xs.start - left, xs.stop - left))
+        cell_labels[window][cell] = number
+        nuc_labels[window][nucleus] = number
     return cell_labels, nuc_labels
 
 
-def overlay(image: np.ndarray, cells: Sequence[FieldCell], class_names, colours) -> np.ndarray:
-    """The field with each cell outlined in its class colour (nuclei in a darker shade), at most OVERLAY_MAX_SIDE px."""
-    scale = min(1.0, OVERLAY_MAX_SIDE / max(image.shape[:2]))
-    canvas = image.copy() if scale == 1.0 else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    for cell in cells:
-        colour = colours.get(predicted_class(cell, class_names), UNCLASSIFIED_RGB)
-        for mask, shade in ((cell.cell_mask, 1.0), (cell.nuc_mask, 0.6)):
-            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            shifted = [((c + np.array(cell.box[:2])) * scale).astype(np.int32) for c in contours]
-            cv2.drawContours(canvas, shifted, -1, tuple(int(v * shade) for v in colour), 1 if scale < 1 else 2)
+def label_images(records: Sequence[Tuple[int, CellRecord]], shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """uint16 cell and nucleus labels of a whole field (PNG holds 16 bits): cell number n painted n."""
+    if records and max(number for number, _ in records) >= 2 ** 16:
+        raise UserError(f"{len(records)} cells in one image: more than a 16-bit PNG label image holds; "
+                        f"ask for tiled TIFF labels (--labels tiff)")
+    return paint_labels(records, 0, 0, shape[0], shape[1], np.uint16)
+
+
+def overlay(image: np.ndarray, records: Sequence[CellRecord], class_names, colours, scale: float = 1.0) -> np.ndarray:
+    """The image (already at `scale`) with each cell outlined in its class colour, its nucleus in a darker shade."""
+    canvas = image.copy()
+    for record in records:
+        colour = colours.get(predicted_class(record, class_names), UNCLASSIFIED_RGB)
+        for ring, shade in ((record.outline, 1.0), (record.nucleus, 0.6)):
+            if ring is None:
+                continue
+            points = np.round(np.asarray(ring) * scale - 0.5).astype(np.int32)  # pixel edges -> pixel centres
+            cv2.polylines(canvas, [points], True, tuple(int(v * shade) for v in colour), 1 if scale < 1 else 2)
     return canvas
-
-
-def write_field(output_dir: Path, name: str, image: Optional[np.ndarray], shape, cells: Sequence[FieldCell],
-                class_names: Optional[Sequence[str]]) -> None:
-    """<name>.geojson, <name>_cells.png, <name>_nuclei.png and (when the image is in memory) <name>_overlay.png."""
-    colours = class_colours(class_names) if class_names else {}
-    stem = output_dir / name
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    features = [feature_of(cell, class_names, colours) for cell in cells]
-    write_geojson(stem.with_name(f"{stem.name}.geojson"), [f for f in features if f is not None])
-    cell_labels, nuc_labels = label_images(cells, shape)
-    write_image(stem.with_name(f"{stem.name}_cells.png"), cell_labels)
-    write_image(stem.with_name(f"{stem.name}_nuclei.png"), nuc_labels)
-    if image is not None:
-        write_image(stem.with_name(f"{stem.name}_overlay.png"), overlay(image, cells, class_names, colours))
-
-
-def table_rows(field_name: str, cells: Sequence[FieldCell], class_names) -> List[Dict]:
-    """cells.csv rows: field, id, centroid, bounding box, class, probabilities, measurements."""
-    rows = []
-    for index, cell in enumerate(cells, start=1):
-        rows_, cols_ = np.nonzero(cell.cell_mask)
-        x0, y0, x1, y1 = cell.box
-        rows.append({"field": field_name, "id": index, "centroid_x": round(x0 + cols_.mean() + 0.5, 2),
-                     "centroid_y": round(y0 + rows_.mean() + 0.5, 2), "x0": x0, "y0": y0, "x1": x1, "y1": y1,
-                     "class": predicted_class(cell, class_names) or "", **cell_measurements(cell, class_names)})
-    return rows
-
-
-def field_summary(rows: Sequence[Dict], class_names) -> Dict:
-    """Counts per class, the abnormal fraction and the most suspicious cells (highest summed abnormal probability)."""
-    summary = {"cells": len(rows)}
-    if not class_names or not rows:
-        return summary
-    abnormal = [name for name in class_names if name not in normal_class_names(class_names)]
-    counts = Counter(row["class"] for row in rows)
-    scored = sorted(rows, key=lambda row: -sum(row[f"prob_{name}"] for name in abnormal))
-    summary.update(
-        counts={name: counts.get(name, 0) for name in class_names},
-        abnormal_fraction=sum(counts.get(name, 0) for name in abnormal) / len(rows),
-        most_suspicious=[{"field": row["field"], "id": row["id"], "class": row["class"],
-                          "abnormal_probability": round(sum(row[f"prob_{name}"] for name in abnormal), 4)}
-                         for row in scored[:SUSPICIOUS_LISTED]])
-    return summary
-
-
-def write_summary(output_dir: Path, rows_by_field: Dict[str, List[Dict]], class_names, settings: Dict) -> None:
-    every = [row for rows in rows_by_field.values() for row in rows]
-    summary = {"settings": settings, "overall": field_summary(every, class_names),
-               "fields": {name: field_summary(rows, class_names) for name, rows in rows_by_field.items()}}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))

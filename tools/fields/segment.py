@@ -54,6 +54,7 @@ class FieldModels:
     instance_size: int  # S
     nucleus_px: float  # the median training nucleus's diameter at the model scale
     batch_size: int = 8
+    mpp: Optional[float] = None  # microns per pixel of the training fields (train_fields.py --mpp), when known
 
 
 @dataclass
@@ -70,16 +71,19 @@ class FieldCell:
 
 # ---------------------------------------------------------------- 1. tiled field model
 
-def tiled_probabilities(image: np.ndarray, models: FieldModels) -> np.ndarray:
+def tiled_probabilities(image: np.ndarray, models: FieldModels, tissue: Optional[np.ndarray] = None) -> np.ndarray:
     """Flip-free foreground and nucleus probabilities [2, H, W] of an image at the model scale.
 
     Tiles overlap by a quarter of their side; each output pixel comes from the tile whose centre is nearest,
-    so no pixel is taken from near a tile's edge, where the model sees little context.
+    so no pixel is taken from near a tile's edge, where the model sees little context. With `tissue` (bool
+    [H, W]), tiles that cover none of it are not run: their probabilities stay 0.
     """
     tile, height, width = models.tile, image.shape[0], image.shape[1]
     step = tile * 3 // 4
     corners = grid_corners((height, width), tile) if max(height, width) <= tile else \
         [(top, left) for top in stride_starts(height, tile, step) for left in stride_starts(width, tile, step)]
+    if tissue is not None:
+        corners = [(top, left) for top, left in corners if tissue[top:top + tile, left:left + tile].any()]
     probs = np.zeros((2, height, width), np.float32)
     best = np.full((height, width), np.inf, np.float32)  # distance of each pixel to the centre of the tile it came from
     yy, xx = np.mgrid[0:tile, 0:tile].astype(np.float32)
@@ -224,18 +228,25 @@ def to_model_scale(image: np.ndarray, scale: float) -> np.ndarray:
     if scale == 1.0:
         return image
     return cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
-                      interpolation=cv2.INTER_AREA)
+                      interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
 
 
 def segment_block(image: np.ndarray, region: Tuple[int, int, int, int], core: Tuple[int, int, int, int],
-                  models: FieldModels) -> List[FieldCell]:
-    """The cells whose nucleus centre lies in `core` (field px), found in `image` = the field's `region`."""
-    scaled = to_model_scale(image, models.scale)
-    probs = tiled_probabilities(scaled, models)
+                  models: FieldModels, scale: Optional[float] = None, tissue: Optional[np.ndarray] = None) -> List[FieldCell]:
+    """The cells whose nucleus centre lies in `core` (field px), found in `image` = the field's `region`.
+
+    scale: field px -> model px (default: the training fields' scale, models.scale); tissue: bool [H, W] of the
+    region, False where the field model need not run (glass).
+    """
+    scale = scale or models.scale
+    scaled = to_model_scale(image, scale)
+    if tissue is not None:
+        tissue = cv2.resize(tissue.astype(np.uint8), scaled.shape[1::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
+    probs = tiled_probabilities(scaled, models, tissue)
     labels = nucleus_instances(probs[1], models.nucleus_px)
     nuclei = []
     for label, centre in nucleus_centres(labels):
-        row, col = region[0] + centre[0] / models.scale, region[1] + centre[1] / models.scale
+        row, col = region[0] + centre[0] / scale, region[1] + centre[1] / scale
         if core[0] <= row < core[2] and core[1] <= col < core[3]:
             nuclei.append((label, centre))
     cells = []
@@ -245,7 +256,7 @@ def segment_block(image: np.ndarray, region: Tuple[int, int, int, int], core: Tu
         seed = crop_padded((labels == label).astype(np.uint8), top, left, models.window, 0).astype(bool)
         found = window_cell(cell_prob, nuc_prob, seed)
         if found is not None:
-            cells.append(to_field_cell(*found, (top, left), region, models.scale, image.shape[:2]))
+            cells.append(to_field_cell(*found, (top, left), region, scale, image.shape[:2]))
     return [cell for cell in cells if cell is not None]
 
 
@@ -301,30 +312,12 @@ def classify_cells(read: Callable, shape: Tuple[int, int], cells: List[FieldCell
 # ---------------------------------------------------------------- reading fields and models
 
 def open_field(path) -> Tuple[Callable[[int, int, int, int], np.ndarray], Tuple[int, int], Optional[np.ndarray]]:
-    """(read(top, left, bottom, right) -> uint8 RGB, (height, width), the whole image or None when read by regions).
+    """(read(top, left, bottom, right) -> uint8 RGB, (height, width), the whole image or None when read by regions),
+    from the reader that takes the file (tools/fields/readers.py): slides and TIFFs by region, other images whole."""
+    from tools.fields.readers import ImageReader, open_slide
 
-    An uncompressed TIFF is mapped, not read: regions come off the disk as they are needed, so a 20000 x 20000
-    slide never sits in memory whole. Other files are decoded whole (their formats cannot be read by region).
-    """
-    from utils.preprocessing import read_image, to_rgb8
-
-    if str(path).lower().endswith((".tif", ".tiff")):
-        try:
-            import tifffile
-
-            mapped = tifffile.memmap(str(path), mode="r")
-        except Exception:  # compressed or tiled: not mappable
-            mapped = None
-        if mapped is not None and mapped.ndim in (2, 3):
-            def read_region(top, left, bottom, right):
-                region = np.asarray(mapped[top:bottom, left:right])
-                if region.ndim == 3 and region.shape[2] >= 3:
-                    region = region[..., 2::-1] if region.shape[2] == 3 else region[..., [2, 1, 0, 3]]  # to BGR(A)
-                return to_rgb8(region)
-
-            return read_region, mapped.shape[:2], None
-    image = read_image(path)
-    return (lambda top, left, bottom, right: image[top:bottom, left:right]), image.shape[:2], image
+    reader = open_slide(path)
+    return reader.read, reader.shape, reader.image if isinstance(reader, ImageReader) else None
 
 
 def torch_field_models(fields_checkpoint, instances_checkpoint, device, batch_size: int = 8) -> FieldModels:
@@ -349,9 +342,10 @@ def onnx_field_models(onnx_dir, fields_checkpoint, instances_checkpoint, threads
 
 def field_models(field: Backend, instances: Backend, tile: int, settings: Mapping, batch_size: int) -> FieldModels:
     """FieldModels with train_fields.py's args as the instance checkpoint holds them (its ONNX metadata: as strings)."""
+    mpp = settings.get("mpp")
     return FieldModels(field, instances, float(settings["field_scale"]), tile, int(settings["cell_window"]),
                        int(settings["instance_size"]), float(settings.get("nucleus_px", UNRECORDED_NUCLEUS_PX)),
-                       batch_size)
+                       batch_size, float(mpp) if mpp not in (None, "", "None") else None)
 
 
 def load_field_models(fields_checkpoint, instances_checkpoint, onnx_dir, backend: str = "auto", device_name: str = "auto",

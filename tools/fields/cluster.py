@@ -1,0 +1,44 @@
+"""Blocks on a Dask cluster (predict.py --fields --scheduler ADDRESS): the cluster users already run.
+
+Every worker screens blocks with tools/fields/slide.screen_block: it opens the slide by its path and loads the
+models once, so the slides, the run folder and this repository must be at the same paths on every worker (a
+shared file system) and the workers must run in this project's environment from its folder. Results come back
+to predict.py, which writes them in block order: the outputs are the same bytes as a run in one process.
+"""
+from typing import Tuple
+
+from utils.errors import UserError
+
+CONNECT_SECONDS = 10
+
+
+def dask_executor(address: str) -> Tuple[object, int]:
+    """(a concurrent.futures executor over the cluster's workers, the blocks they run at once)."""
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - in requirements.txt
+        raise UserError("--scheduler needs dask.distributed: pip install -r requirements.txt") from None
+    try:
+        client = Client(address, timeout=f"{CONNECT_SECONDS}s")
+    except (OSError, TimeoutError, ValueError) as error:
+        raise UserError(f"--scheduler {address}: no Dask scheduler answered within {CONNECT_SECONDS} s ({error}); start one "
+                        f"(`dask scheduler`, then `dask worker {address}` on each machine) or leave --scheduler out to "
+                        f"run here") from None
+    threads = sum(client.nthreads().values())
+    if not threads:
+        client.close()
+        raise UserError(f"--scheduler {address}: the cluster has no workers; start some with `dask worker {address}`")
+    return ClusterExecutor(client), threads
+
+
+class ClusterExecutor:
+    """client.get_executor() that also closes the client when the run ends."""
+
+    def __init__(self, client):
+        self.client, self.executor = client, client.get_executor(pure=False)
+
+    def submit(self, function, *args):
+        return self.executor.submit(function, *args)
+
+    def shutdown(self, wait=True):
+        self.client.close()

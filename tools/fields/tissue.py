@@ -1,0 +1,98 @@
+"""Where the cells are on a slide: a coarse map of tissue against glass, read from a low-resolution level.
+
+Most of a cytology slide is empty glass. Before any model runs, the slide is read at a small overview scale
+(OVERVIEW_PX_PER_UNIT px per unit of UNIT_PX x UNIT_PX slide pixels, from the coarsest pyramid level that still
+gives that many, strip by strip so memory stays small), the glass colour is taken from the overview's
+commonest grey, and a unit is tissue when any of its overview pixels differs from the glass by more than the
+threshold. The map grows by one unit all round, so a cell on a unit's border keeps its context. Blocks without
+tissue are never read; inside a block, the field model skips every tile that covers no tissue unit.
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+
+from tools.fields.readers import SlideReader
+
+UNIT_PX = 128  # side of a tissue unit in slide (level-0) px: a few cells; finer costs nothing but a larger map
+OVERVIEW_PX_PER_UNIT = 4  # overview pixels along a unit's side
+MIN_TISSUE_DIFFERENCE = 10  # grey levels from the glass; faint cytoplasm differs by 25-40 at the overview scale
+GLASS_NOISE_FACTOR = 6  # ... or this many times the glass's own noise, whichever is larger
+STRIP_PX = 2048  # rows of the overview's source level read at once
+
+
+@dataclass
+class TissueMap:
+    units: np.ndarray  # bool [ceil(H / unit), ceil(W / unit)]: True where the models run
+    unit: int  # slide px per unit
+    overview: np.ndarray  # uint8 RGB of the slide at OVERVIEW_PX_PER_UNIT px per unit (the report's thumbnail)
+    glass_rgb: Tuple[int, int, int]
+    threshold: float  # grey levels from the glass that count as tissue
+
+    @property
+    def tissue_share(self) -> float:
+        return float(self.units.mean()) if self.units.size else 0.0
+
+    def region(self, top: int, left: int, bottom: int, right: int) -> np.ndarray:
+        """The units that a slide region [top:bottom, left:right] touches, as a bool array of units."""
+        u = self.unit
+        return self.units[top // u:-(-bottom // u), left // u:-(-right // u)]
+
+    def any_in(self, top: int, left: int, bottom: int, right: int) -> bool:
+        return bool(self.region(top, left, bottom, right).any())
+
+
+def overview_level(reader: SlideReader, px_per_overview: float) -> int:
+    """The coarsest level whose pixels are no larger than an overview pixel."""
+    fitting = [level for level, downsample in enumerate(reader.downsamples) if downsample <= px_per_overview]
+    return max(fitting, key=lambda level: reader.downsamples[level]) if fitting else 0
+
+
+def read_overview(reader: SlideReader, px_per_overview: float) -> np.ndarray:
+    """The slide shrunk so that one pixel covers px_per_overview slide pixels, read strip by strip."""
+    level = overview_level(reader, px_per_overview)
+    height, width = reader.level_shape(level)
+    shrink = px_per_overview / reader.downsamples[level]  # level px per overview px
+    out_height, out_width = (max(1, int(round(side / shrink))) for side in (height, width))
+    overview = np.empty((out_height, out_width, 3), np.uint8)
+    for top in range(0, height, STRIP_PX):
+        bottom = min(top + STRIP_PX, height)
+        out_top, out_bottom = int(round(top / shrink)), min(int(round(bottom / shrink)), out_height)
+        if out_bottom <= out_top:
+            continue
+        strip = reader.read(top, 0, bottom, width, level)
+        overview[out_top:out_bottom] = cv2.resize(strip, (out_width, out_bottom - out_top), interpolation=cv2.INTER_AREA)
+    return overview
+
+
+def glass_colour(overview: np.ndarray) -> Tuple[np.ndarray, float]:
+    """(RGB of the glass, its noise in grey levels): the pixels at the commonest grey value and next to it."""
+    grey = cv2.cvtColor(overview, cv2.COLOR_RGB2GRAY)
+    mode = int(np.bincount(grey.ravel(), minlength=256).argmax())
+    near = np.abs(grey.astype(np.int16) - mode) <= 3
+    glass = np.median(overview[near], axis=0)
+    noise = 1.4826 * float(np.median(np.abs(grey[near].astype(np.float32) - mode)))
+    return glass, noise
+
+
+def find_tissue(reader: SlideReader, unit: int = UNIT_PX, threshold: Optional[float] = None) -> TissueMap:
+    """The tissue map of a slide (module docstring); threshold: grey levels from the glass (default: automatic)."""
+    overview = read_overview(reader, unit / OVERVIEW_PX_PER_UNIT)
+    glass, noise = glass_colour(overview)
+    threshold = threshold if threshold is not None else max(MIN_TISSUE_DIFFERENCE, GLASS_NOISE_FACTOR * noise)
+    differs = (np.abs(overview.astype(np.float32) - glass).max(axis=2) > threshold).astype(np.uint8)
+    rows, cols = (-(-side // unit) for side in reader.shape)
+    # a unit is tissue when any of its overview pixels is (max-pool the pixels onto the unit grid)
+    padded = np.zeros((rows * OVERVIEW_PX_PER_UNIT, cols * OVERVIEW_PX_PER_UNIT), np.uint8)
+    h, w = min(differs.shape[0], padded.shape[0]), min(differs.shape[1], padded.shape[1])
+    padded[:h, :w] = differs[:h, :w]
+    units = padded.reshape(rows, OVERVIEW_PX_PER_UNIT, cols, OVERVIEW_PX_PER_UNIT).max(axis=(1, 3))
+    units = cv2.dilate(units, np.ones((3, 3), np.uint8)).astype(bool)
+    return TissueMap(units, unit, overview, tuple(int(v) for v in glass), float(threshold))
+
+
+def everywhere(reader: SlideReader, unit: int = UNIT_PX) -> TissueMap:
+    """A map that runs the models on the whole image (no glass skipped): --tissue-threshold 0 and small fields."""
+    rows, cols = (-(-side // unit) for side in reader.shape)
+    return TissueMap(np.ones((rows, cols), bool), unit, np.zeros((1, 1, 3), np.uint8), (255, 255, 255), 0.0)
