@@ -7,14 +7,18 @@
     reader.read(top, left, bottom, right, level=0)   uint8 RGB [bottom - top, right - left, 3], in that level's px
 
 Which reader takes a file:
-  1. OpenSlide (openslide-python with the openslide-bin wheel) for every format it recognises: Aperio .svs,
-     Hamamatsu .ndpi/.vms, 3DHistech .mrxs, Leica .scn, Philips TIFF, Ventana .bif, DICOM, generic tiled TIFF;
-  2. tifffile for the TIFFs OpenSlide turns down (striped, grey, 16-bit or float, any compression imagecodecs
-     decodes): only the tiles or strips a region needs are read and decoded, an uncompressed one is memory-mapped;
+  1. OpenSlide (openslide-python with the openslide-bin wheel) for every scanner format it recognises: Aperio
+     .svs, Hamamatsu .ndpi/.vms, 3DHistech .mrxs, Leica .scn, Philips TIFF, Ventana .bif, DICOM, ...;
+  2. tifffile for every other TIFF, generic pyramidal TIFF included (striped or tiled, grey, 16-bit or float,
+     any compression imagecodecs decodes): only the tiles or strips a region needs are read and decoded, an
+     uncompressed one is memory-mapped. OpenSlide reads generic tiled TIFF too, but tifffile gives the same
+     pixels of a JPEG slide 4.5x faster per block here (0.08 s against 0.36 s for 2048 x 2048 px) and the right
+     ones where OpenSlide's are wrong (16-bit grey);
   3. OpenCV for everything else (PNG, BMP, JPEG), decoded whole: these formats cannot be read by region.
 A region that reaches past the image is clipped to it; transparent pixels (OpenSlide's outside of the scanned
 area) come back as the slide's background colour.
 """
+import logging
 import threading
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
@@ -104,6 +108,7 @@ class TiffReader(SlideReader):
         import tifffile
 
         self.path, self.format = path, "tifffile"
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # its log would add lines to our one-line errors
         try:
             self.file = tifffile.TiffFile(str(path))
             series = self.file.series[0]
@@ -206,7 +211,7 @@ def open_slide(path) -> SlideReader:
         raise UserError(f"{path}: file not found; check the path")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file; replace or remove it")
-    if openslide_format(path):
+    if openslide_format(path) not in (None, "generic-tiff"):
         return OpenSlideReader(path)
     if path.suffix.lower() in TIFF_SUFFIXES:
         return TiffReader(path)

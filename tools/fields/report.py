@@ -31,7 +31,8 @@ table{border-collapse:collapse;margin:12px 0} td,th{border:1px solid #ccc;paddin
 .rule{color:#555;font-size:13px} .legend span{display:inline-block;margin-right:14px;font-size:13px}
 .dot{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:4px;vertical-align:middle}
 .gallery{display:flex;flex-wrap:wrap;gap:10px} .cell{width:170px;font-size:12px}
-.cell img{width:160px;height:160px;border:1px solid #999;display:block} .thumb{max-width:100%;border:1px solid #999}
+.cell img{width:160px;height:160px;border:1px solid #999;display:block}
+.top{display:flex;gap:24px;align-items:flex-start;flex-wrap:wrap} .thumb{max-width:760px;width:100%;border:1px solid #999}
 """
 
 
@@ -98,7 +99,8 @@ def page(name: str, summary: Dict, thumb: np.ndarray, pictures, class_names, col
             f"<style>{STYLE}</style></head><body><h1>{html.escape(name)}</h1>"
             f"<span class='call' style='background:{CALL_COLOURS.get(call, '#546e7a')}'>{call}</span>"
             f"<p class='rule'>Rule: {html.escape(summary['rule'])}. A screening aid, not a diagnosis.</p>"
-            f"<table>{table}</table><h2>Slide</h2><img class='thumb' src='{data_uri(thumb)}' alt='thumbnail'>"
+            f"<div class='top'><table>{table}</table><img class='thumb' src='{data_uri(thumb)}' alt='the slide, every "
+            f"cell a dot of its class colour, the gallery's cells numbered'></div>"
             f"{gallery}</body></html>")
 
 

@@ -69,7 +69,9 @@ def read_overview(reader: SlideReader, px_per_overview: float) -> np.ndarray:
 def glass_colour(overview: np.ndarray) -> Tuple[np.ndarray, float]:
     """(RGB of the glass, its noise in grey levels): the pixels at the commonest grey value and next to it."""
     grey = cv2.cvtColor(overview, cv2.COLOR_RGB2GRAY)
-    mode = int(np.bincount(grey.ravel(), minlength=256).argmax())
+    # the mode of a histogram smoothed over 7 grey levels: the glass's values spread with its noise, while a large
+    # uniform object (a stain blot, a label) piles up on one value and would win an unsmoothed count
+    mode = int(np.convolve(np.bincount(grey.ravel(), minlength=256), np.ones(7), mode="same").argmax())
     near = np.abs(grey.astype(np.int16) - mode) <= 3
     glass = np.median(overview[near], axis=0)
     noise = 1.4826 * float(np.median(np.abs(grey[near].astype(np.float32) - mode)))
