@@ -300,3 +300,13 @@ def test_fill_holes_fills_enclosed_background_only():
     notch = ring.copy()
     notch[3:5, 1:3] = False  # the same hole opened to the outside: background, left as it is
     assert np.array_equal(fill_holes(notch), notch)
+
+
+def test_fill_holes_matches_scipy_on_random_masks():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    for index in range(100):
+        mask = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) > rng.random()
+        mask = ndimage.binary_opening(mask) if index % 2 else mask
+        assert np.array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask)), index
