@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
+import tools.fields.segment
+
 from tools.fields.segment import (
     FieldCell,
     FieldModels,
@@ -187,11 +189,13 @@ def test_tiled_probabilities_of_a_pixelwise_model_equal_the_whole_image_answer()
         assert np.allclose(probs, whole[0], atol=1e-5)
 
 
-def test_tiled_probabilities_take_each_pixel_from_the_tile_whose_centre_is_nearest():
+def test_tiled_probabilities_take_each_pixel_from_the_tile_whose_centre_is_nearest(monkeypatch):
     tile, shape = 32, (70, 90)
+    monkeypatch.setattr(tools.fields.segment, "INFERENCE_TILE_PX", tile)  # tiles of the training side
     distance_to_centre = np.maximum(*np.abs(np.mgrid[0:tile, 0:tile] - (tile - 1) / 2))
 
     def centre_distance_model(batch):  # logit = minus the distance to the tile's centre (chessboard)
+        assert batch.shape[2:] == (tile, tile)
         return np.broadcast_to(-distance_to_centre, (len(batch), 2, tile, tile)).astype(np.float32)
 
     models = fake_models(tile=tile)
@@ -204,6 +208,24 @@ def test_tiled_probabilities_take_each_pixel_from_the_tile_whose_centre_is_neare
                                                                    distance_to_centre[:shape[0] - top, :shape[1] - left])
     assert np.allclose(probs[0], 1 / (1 + np.exp(nearest)), atol=1e-6)
     assert nearest[8:-8, 8:-8].max() <= tile / 2 - 4  # away from the image's border no pixel comes from a tile's edge
+
+
+def test_large_inference_tiles_overlap_less_and_answer_as_training_tiles_do_for_a_pixelwise_model(monkeypatch):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    sides = []
+
+    def pixelwise(batch):
+        sides.append(batch.shape[2:])
+        return fake_field_model(batch)
+
+    models = fake_models(tile=32)
+    models.field = pixelwise
+    large = tiled_probabilities(image, models)  # INFERENCE_TILE_PX 512: one 320 x 224 tile
+    monkeypatch.setattr(tools.fields.segment, "INFERENCE_TILE_PX", 32)
+    small = tiled_probabilities(image, models)
+    assert sides[0] == (320, 224) and len(sides) > 20 and all(side == (32, 32) for side in sides[1:])
+    assert np.allclose(large, small, atol=1e-6)
 
 
 def test_nucleus_instances_split_two_touching_nuclei_and_drop_debris():
@@ -248,7 +270,7 @@ def test_to_field_cell_clips_the_window_at_the_image_border():
 
 # ---------------------------------------------------------------- reading fields
 
-def test_open_field_reads_an_uncompressed_tiff_by_regions(tmp_path):
+def test_open_field_reads_a_tiff_by_regions(tmp_path):
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
     cases = {"rgb.tif": rgb, "grey.tiff": rgb[..., 1], "rgba.tif": np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])}
@@ -259,9 +281,9 @@ def test_open_field_reads_an_uncompressed_tiff_by_regions(tmp_path):
         expected = rgb if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
         assert np.array_equal(read(0, 0, 60, 80), expected), name
         assert np.array_equal(read(13, 7, 41, 66), expected[13:41, 7:66]), name
-    tifffile.imwrite(tmp_path / "zlib.tif", rgb, compression="zlib")  # not mappable: decoded whole instead
+    tifffile.imwrite(tmp_path / "zlib.tif", rgb, compression="zlib")  # not mappable: its strips are decoded by region
     read, shape, whole = open_field(tmp_path / "zlib.tif")
-    assert np.array_equal(whole, rgb) and np.array_equal(read(5, 5, 20, 30), rgb[5:20, 5:30])
+    assert whole is None and np.array_equal(read(5, 5, 20, 30), rgb[5:20, 5:30])
     cv2.imwrite(str(tmp_path / "field.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     read, shape, whole = open_field(tmp_path / "field.png")
     assert np.array_equal(whole, rgb) and shape == (60, 80)

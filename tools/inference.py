@@ -256,9 +256,14 @@ class OnnxBackend:
         return np.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]  # U-Nets: [B, 2, S, S]
 
 
+# How tools/onnx_export.py writes a graph; a file of an older format is exported again. 2: the field model's tile side
+# is free (dynamic spatial axes), so inference tiles can be larger than the training tiles
+EXPORT_FORMAT = "2"
+
+
 def onnx_backend(onnx_dir: Path, stage: str, checkpoint: Path, threads: Optional[int] = None) -> OnnxBackend:
-    """The session of <onnx_dir>/<stage>.onnx, exported from `checkpoint` first when absent, unreadable or made from
-    another checkpoint (its metadata `source` is the checkpoint file's sha1)."""
+    """The session of <onnx_dir>/<stage>.onnx, exported from `checkpoint` first when absent, unreadable, made from
+    another checkpoint (its metadata `source` is the checkpoint file's sha1) or in an older EXPORT_FORMAT."""
     if not Path(checkpoint).is_file():
         from tools.checkpoint import load_checkpoint
 
@@ -269,7 +274,8 @@ def onnx_backend(onnx_dir: Path, stage: str, checkpoint: Path, threads: Optional
             backend = OnnxBackend(path, threads)
         except Exception:  # absent or unreadable: export below
             backend = None
-        if backend is not None and backend.metadata.get("source") == source:
+        if backend is not None and backend.metadata.get("source") == source \
+                and backend.metadata.get("export_format", "1") == EXPORT_FORMAT:
             return backend
         if attempt == 0:
             from tools.onnx_export import TOLERANCE, export_stage

@@ -4,14 +4,15 @@ segmentation.onnx    input  image  [B, 3, S, S]: the letterboxed RGB cell, norma
                      output cyt, nuc [B, 1, S, S]: logits of the whole cell and of the nucleus
 classification.onnx  input  cell   [B, 5, S, S]: that image, then the cell and nucleus masks (0/1)
                      output logits [B, K]; probabilities = softmax(logits / temperature)
-fields.onnx          input  tile   [B, 3, T, T]: a tile of a field at the model scale, normalised as above
-                     output cyt, nuc [B, 1, T, T]: logits of any cell (foreground) and of nuclei
+fields.onnx          input  tile   [B, 3, H, W]: a tile of a field at the model scale, normalised as above; any H, W
+                     that are multiples of 32 (the training tiles were tile_size a side)
+                     output cyt, nuc [B, 1, H, W]: logits of any cell (foreground) and of nuclei
 instances.onnx       input  window [B, 4, S, S]: a window around one nucleus, RGB normalised, then that nucleus (0/1)
                      output cyt, nuc [B, 1, S, S]: logits of that nucleus's whole cell and of that nucleus
-Each file's metadata holds img_size (the graph's fixed side), the checkpoint it was made from (`source`, a
-hash of the file: tools/inference.py exports again when the checkpoint changed), for the classifier
+Each file's metadata holds img_size (the side it was trained at), the checkpoint it was made from (`source`, a
+hash of the file: tools/inference.py exports again when the checkpoint or EXPORT_FORMAT changed), for the classifier
 class_names and temperature, and for the two field models how tools/fields/segment.py sees a field (field_scale,
-tile_size, cell_window, instance_size). A classifier that takes cell measurements has a second input,
+tile_size, cell_window, instance_size, nucleus_px, mpp). A classifier that takes cell measurements has a second input,
 measurements [B, F]. Letterboxing, tiling, flip averaging and mask clean-up stay outside the graphs.
 """
 import json
@@ -25,6 +26,7 @@ import torch
 
 from model.segmentation_model import HEADS
 from tools.checkpoint import load_model
+from tools.inference import EXPORT_FORMAT
 from utils.files import file_sha1, written_atomically
 
 TOLERANCE = 1e-4  # largest absolute difference from PyTorch accepted by the check
@@ -49,13 +51,16 @@ class SegmentationOutputs(torch.nn.Module):
 
 
 def export(model: torch.nn.Module, examples: Sequence[torch.Tensor], path: Path, input_names: Sequence[str],
-           output_names: Sequence[str], metadata: Dict[str, str], opset: int = OPSET) -> Path:
-    """Trace `model` on `examples` into `path`, every input and output with a dynamic batch axis 0.
+           output_names: Sequence[str], metadata: Dict[str, str], opset: int = OPSET, free_side: bool = False) -> Path:
+    """Trace `model` on `examples` into `path`, every input and output with a dynamic batch axis 0 (and, with
+    free_side, dynamic height and width).
 
     The file appears under its name whole, in one rename: predict.py runs started together may export the same
     file at once, and one of them must never open the other's half-written graph.
     """
-    dynamic_axes = {name: {0: "batch"} for name in (*input_names, *output_names)}
+    axes = {0: "batch", 2: "height", 3: "width"} if free_side else {0: "batch"}
+    dynamic_axes = {name: axes for name in (*input_names, *output_names)}
+    metadata = {**metadata, "export_format": EXPORT_FORMAT}
     path.parent.mkdir(parents=True, exist_ok=True)
     with written_atomically(path) as tmp_path:
         with warnings.catch_warnings():
@@ -110,8 +115,8 @@ def graph_spec(stage: str, model: torch.nn.Module, checkpoint: Dict, source: str
             "temperature": str(float(checkpoint.get("temperature", 1.0))),
             "measurement_model": json.dumps(checkpoint.get("measurement_model")),
             "outputs": "logits; probabilities = softmax(logits / temperature)"}
-    # the U-Nets: the field model sees fixed tiles and the instance model fixed windows (tools/fields/segment.py pads
-    # to them), so only the batch axis varies, as for the single-cell segmenter
+    # the U-Nets: the instance model sees fixed windows and the single-cell segmenter fixed letterboxed cells; the field
+    # model's tiles are of any side that is a multiple of 32 (export_stage)
     input_name, side_arg = UNET_INPUTS[stage]
     size, channels = args[side_arg], checkpoint["model_config"].get("in_chans", 3)
     metadata = {"img_size": str(size), "source": source, "outputs": "logits; mask = sigmoid > 0.5"}
@@ -130,7 +135,8 @@ def export_stage(stage: str, checkpoint_path: Path, path: Path, opset: int = OPS
     model, checkpoint = load_model(checkpoint_path, stage, device)
     module, inputs, output_names, metadata = graph_spec(stage, model, checkpoint, file_sha1(checkpoint_path))
     names, shapes = [name for name, _ in inputs], [shape for _, shape in inputs]
-    export(module, example_inputs(shapes, 2), Path(path), names, output_names, metadata, opset)
+    # the field model is tiled over fields in tiles of any side (tools/fields/segment.py: FIELD_TILE_PX)
+    export(module, example_inputs(shapes, 2), Path(path), names, output_names, metadata, opset, free_side=stage == "fields")
     return Path(path), max_difference(module, Path(path), shapes) if check else float("nan")
 
 

@@ -9,12 +9,15 @@ import numpy as np
 from utils.preprocessing import PAD_RGB, normalize_image
 
 
-def crop_padded(array: np.ndarray, top: int, left: int, size: int, fill) -> np.ndarray:
-    """array[top:top+size, left:left+size], padded with `fill` where the window leaves the array."""
-    out = np.empty((size, size, *array.shape[2:]), array.dtype)
+def crop_padded(array: np.ndarray, top: int, left: int, size, fill) -> np.ndarray:
+    """array[top:top+height, left:left+width], padded with `fill` where the window leaves the array.
+
+    size: the window's side, or its (height, width)."""
+    height, width = (size, size) if np.isscalar(size) else size
+    out = np.empty((height, width, *array.shape[2:]), array.dtype)
     out[:] = fill
     y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + size, array.shape[0]), min(left + size, array.shape[1])
+    y1, x1 = min(top + height, array.shape[0]), min(left + width, array.shape[1])
     if y1 > y0 and x1 > x0:
         out[y0 - top:y1 - top, x0 - left:x1 - left] = array[y0:y1, x0:x1]
     return out

@@ -5,8 +5,9 @@ segment_field works block by block (default 2048 px of the field), each block wi
 window around it, so memory follows the block size, not the image size, and a cell on a block border
 comes out whole: a cell belongs to the block that holds its nucleus's centre, and its window reaches into
 the halo. In a block:
-  1. the field model is tiled over the block (tiles overlap by a quarter; each pixel is taken from the tile
-     where it lies furthest from the edge) giving foreground and nucleus probabilities;
+  1. the field model is tiled over the block (tiles of INFERENCE_TILE_PX overlap by a quarter of a training tile;
+     each pixel is taken from the tile where it lies furthest from the edge) giving foreground and nucleus
+     probabilities;
   2. nuclei become instances (threshold, then a watershed on the distance to the background splits
      touching nuclei);
   3. the instance model predicts each nucleus's whole cell in a window around it: overlapping cells each
@@ -40,6 +41,9 @@ NUCLEUS_THRESHOLD = 0.7  # nucleus probability: at 0.5 the field model's nuclei 
 MIN_NUCLEUS_SHARE = 0.32  # blobs under this share of the median nucleus's area are debris or inflammatory-cell fragments
 # Runs from before nucleus_px was recorded were trained with nuclei about this size (fields.data.NUCLEUS_TARGET_PX then)
 UNRECORDED_NUCLEUS_PX = 16.0
+# Side of the field model's tiles at inference (model px). The model is fully convolutional: tiles larger than the
+# training tiles (256) keep the same context at their seams and overlap less (1.31x the pixels instead of 1.78x)
+INFERENCE_TILE_PX = 512
 
 
 @dataclass
@@ -49,7 +53,7 @@ class FieldModels:
     field: Backend  # [B, 3, T, T] -> [B, 2, T, T] logits: foreground, nuclei
     instances: Backend  # [B, 4, S, S] -> [B, 2, S, S] logits: the marked nucleus's cell, that nucleus
     scale: float  # field pixels -> model pixels
-    tile: int  # T
+    tile: int  # T, the side of the training tiles
     window: int  # side of a cell's window at the model scale
     instance_size: int  # S
     nucleus_px: float  # the median training nucleus's diameter at the model scale
@@ -74,25 +78,30 @@ class FieldCell:
 def tiled_probabilities(image: np.ndarray, models: FieldModels, tissue: Optional[np.ndarray] = None) -> np.ndarray:
     """Flip-free foreground and nucleus probabilities [2, H, W] of an image at the model scale.
 
-    Tiles overlap by a quarter of their side; each output pixel comes from the tile whose centre is nearest,
-    so no pixel is taken from near a tile's edge, where the model sees little context. With `tissue` (bool
-    [H, W]), tiles that cover none of it are not run: their probabilities stay 0.
+    Tiles are INFERENCE_TILE_PX a side (or the image's side, rounded up to 32, when it is smaller; never smaller
+    than the training tiles) and overlap by a quarter of a training tile; each output pixel comes from the tile
+    whose centre is nearest, so no pixel is taken from within an eighth of a training tile of a tile's edge,
+    where the model sees little context. With `tissue` (bool [H, W]), tiles that cover none of it are not run:
+    their probabilities stay 0.
     """
-    tile, height, width = models.tile, image.shape[0], image.shape[1]
-    step = tile * 3 // 4
-    corners = grid_corners((height, width), tile) if max(height, width) <= tile else \
-        [(top, left) for top in stride_starts(height, tile, step) for left in stride_starts(width, tile, step)]
+    height, width = image.shape[:2]
+    side = max(models.tile, INFERENCE_TILE_PX)
+    tile_h, tile_w = (max(models.tile, min(side, -(-length // 32) * 32)) for length in (height, width))
+    overlap = models.tile // 4
+    corners = [(top, left) for top in stride_starts(height, tile_h, tile_h - overlap)
+               for left in stride_starts(width, tile_w, tile_w - overlap)]
     if tissue is not None:
-        corners = [(top, left) for top, left in corners if tissue[top:top + tile, left:left + tile].any()]
+        corners = [(top, left) for top, left in corners if tissue[top:top + tile_h, left:left + tile_w].any()]
     probs = np.zeros((2, height, width), np.float32)
     best = np.full((height, width), np.inf, np.float32)  # distance of each pixel to the centre of the tile it came from
-    yy, xx = np.mgrid[0:tile, 0:tile].astype(np.float32)
-    centre_distance = np.maximum(np.abs(yy - (tile - 1) / 2), np.abs(xx - (tile - 1) / 2))
-    for chunk in batched(corners, models.batch_size):
-        batch = np.stack([normalize_image(crop_padded(image, top, left, tile, PAD_RGB)) for top, left in chunk])
-        outputs = sigmoid(models.field(batch))  # [B, 2, T, T]
+    yy, xx = np.mgrid[0:tile_h, 0:tile_w].astype(np.float32)
+    centre_distance = np.maximum(np.abs(yy - (tile_h - 1) / 2), np.abs(xx - (tile_w - 1) / 2))
+    per_batch = max(1, models.batch_size * models.tile ** 2 // (tile_h * tile_w))  # the pixels of a training batch
+    for chunk in batched(corners, per_batch):
+        batch = np.stack([normalize_image(crop_padded(image, top, left, (tile_h, tile_w), PAD_RGB)) for top, left in chunk])
+        outputs = sigmoid(models.field(batch))  # [B, 2, tile_h, tile_w]
         for (top, left), output in zip(chunk, outputs):
-            rows, cols = slice(top, min(top + tile, height)), slice(left, min(left + tile, width))
+            rows, cols = slice(top, min(top + tile_h, height)), slice(left, min(left + tile_w, width))
             h, w = rows.stop - top, cols.stop - left
             closer = centre_distance[:h, :w] < best[rows, cols]
             best[rows, cols][closer] = centre_distance[:h, :w][closer]
