@@ -2,7 +2,7 @@
 
 Most of a cytology slide is empty glass. Before any model runs, the slide is read at a small overview scale
 (OVERVIEW_PX_PER_UNIT px per unit of UNIT_PX x UNIT_PX slide pixels, from the coarsest pyramid level that still
-gives that many, strip by strip so memory stays small), the glass colour is taken from the overview's
+gives that many, window by window so memory stays small), the glass colour is taken from the overview's
 commonest grey, and a unit is tissue when any of its overview pixels differs from the glass by more than the
 threshold. The map grows by one unit all round, so a cell on a unit's border keeps its context. Blocks without
 tissue are never read; inside a block, the field model skips every tile that covers no tissue unit.
@@ -19,7 +19,7 @@ UNIT_PX = 128  # side of a tissue unit in slide (level-0) px: a few cells; finer
 OVERVIEW_PX_PER_UNIT = 4  # overview pixels along a unit's side
 MIN_TISSUE_DIFFERENCE = 10  # grey levels from the glass; faint cytoplasm differs by 25-40 at the overview scale
 GLASS_NOISE_FACTOR = 6  # ... or this many times the glass's own noise, whichever is larger
-STRIP_PX = 2048  # rows of the overview's source level read at once
+WINDOW_PX = 4096  # side of the windows of the overview's source level read at once (48 MB of RGB)
 
 
 @dataclass
@@ -50,19 +50,22 @@ def overview_level(reader: SlideReader, px_per_overview: float) -> int:
 
 
 def read_overview(reader: SlideReader, px_per_overview: float) -> np.ndarray:
-    """The slide shrunk so that one pixel covers px_per_overview slide pixels, read strip by strip."""
+    """The slide shrunk so that one pixel covers px_per_overview slide pixels, read window by window (a slide
+    without a pyramid is read at full resolution, so no more than WINDOW_PX x WINDOW_PX of it at once)."""
     level = overview_level(reader, px_per_overview)
     height, width = reader.level_shape(level)
     shrink = px_per_overview / reader.downsamples[level]  # level px per overview px
     out_height, out_width = (max(1, int(round(side / shrink))) for side in (height, width))
     overview = np.empty((out_height, out_width, 3), np.uint8)
-    for top in range(0, height, STRIP_PX):
-        bottom = min(top + STRIP_PX, height)
-        out_top, out_bottom = int(round(top / shrink)), min(int(round(bottom / shrink)), out_height)
-        if out_bottom <= out_top:
-            continue
-        strip = reader.read(top, 0, bottom, width, level)
-        overview[out_top:out_bottom] = cv2.resize(strip, (out_width, out_bottom - out_top), interpolation=cv2.INTER_AREA)
+    for top in range(0, height, WINDOW_PX):
+        out_top, out_bottom = int(round(top / shrink)), min(int(round(min(top + WINDOW_PX, height) / shrink)), out_height)
+        for left in range(0, width, WINDOW_PX):
+            out_left, out_right = int(round(left / shrink)), min(int(round(min(left + WINDOW_PX, width) / shrink)), out_width)
+            if out_bottom <= out_top or out_right <= out_left:
+                continue
+            window = reader.read(top, left, min(top + WINDOW_PX, height), min(left + WINDOW_PX, width), level)
+            overview[out_top:out_bottom, out_left:out_right] = cv2.resize(
+                window, (out_right - out_left, out_bottom - out_top), interpolation=cv2.INTER_AREA)
     return overview
 
 
