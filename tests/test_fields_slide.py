@@ -248,3 +248,34 @@ def test_two_slides_on_a_local_dask_cluster_give_the_serial_bytes(fake_run, slid
         assert len(workers) == 2
         screen(fake_run, inputs, tmp_path / "cluster", executor=ClusterExecutor(client))
     assert outputs_bytes(tmp_path / "cluster", ["slide0", "slide1"]) == outputs_bytes(tmp_path / "serial", ["slide0", "slide1"])
+
+
+# ---------------------------------------------------------------- scale from microns
+
+def test_a_slide_scanned_at_twice_the_resolution_reaches_the_models_at_the_training_scale(slides, tmp_path):
+    """Models trained at 0.5 um/px; the same fields scanned at 0.25 um/px (twice the pixels) give the same nuclei,
+    at twice the pixel coordinates."""
+    import cv2
+
+    _, fields, _ = slides
+    doubled = []
+    for index, field in enumerate(fields):
+        image = cv2.imread(str(field))
+        doubled.append(tmp_path / f"doubled{index}.png")
+        cv2.imwrite(str(doubled[-1]), cv2.resize(image, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC))
+    coarse = make_slide(fields, tmp_path / "coarse.tiff", side=2048, mpp=0.5, quality=95, seed=4)
+    fine = make_slide(doubled, tmp_path / "fine.tiff", side=4096, mpp=0.25, quality=95, seed=4)
+    for name in ("fields", "instances", "classification"):
+        (tmp_path / f"{name}.pth").write_bytes(name.encode())
+    spec = ModelSpec(*(str(tmp_path / f"{name}.pth") for name in ("fields", "instances", "classification")), str(tmp_path))
+    install(spec, mpp=0.5)
+    screening = Screening(spec, ScreenSettings(block=BLOCK), RULE, tmp_path / "out", fake_field_models(mpp=0.5), CLASS_NAMES)
+    screening.run([(tmp_path / "coarse.tiff", "coarse"), (tmp_path / "fine.tiff", "fine")], InProcess(), window=4)
+    assert screening.summaries["coarse"]["scale"] == 1.0 and screening.summaries["fine"]["scale"] == 0.5
+    in_coarse, in_fine = nucleus_centres(tmp_path / "out", "coarse"), nucleus_centres(tmp_path / "out", "fine")
+    assert len(in_coarse) >= 20 and len(in_fine) == len(in_coarse)
+    for placed_coarse, placed_fine in zip(coarse["fields"], fine["fields"]):
+        shift = np.array([placed_fine["x"] / 2 - placed_coarse["x"], placed_fine["y"] / 2 - placed_coarse["y"]])
+        for centre in in_fine[(in_fine[:, 0] >= placed_fine["x"]) & (in_fine[:, 0] < placed_fine["x"] + placed_fine["width"])
+                              & (in_fine[:, 1] >= placed_fine["y"]) & (in_fine[:, 1] < placed_fine["y"] + placed_fine["height"])]:
+            assert np.hypot(*(in_coarse - (centre / 2 - shift)).T).min() <= 3.0  # in coarse pixels
