@@ -307,7 +307,7 @@ def predict_fields(args: argparse.Namespace, paths: Sequence[Path], names: Seque
         with tqdm(total=0, desc="blocks", unit="block") as progress:
             screening.run(list(zip(paths, names)), executor, 2 * workers, progress)
     finally:
-        executor.shutdown()
+        executor.shutdown(cancel_futures=True)  # Ctrl-C: blocks not yet started are dropped, not waited for
     write_run_tables(args, screening, backend, {"start_up": round(start_up, 3),
                                                   "predicting": round(time.perf_counter() - started, 3)})
     cells = sum(summary["cells"] for summary in screening.summaries.values())

@@ -40,5 +40,5 @@ class ClusterExecutor:
     def submit(self, function, *args):
         return self.executor.submit(function, *args)
 
-    def shutdown(self, wait=True):
+    def shutdown(self, wait=True, cancel_futures=False):
         self.client.close()

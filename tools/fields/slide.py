@@ -230,7 +230,7 @@ class InProcess:
             future.set_exception(error)
         return future
 
-    def shutdown(self, wait=True):
+    def shutdown(self, wait=True, cancel_futures=False):
         pass
 
 
