@@ -146,6 +146,21 @@ def test_an_interrupted_run_continues_to_the_same_bytes(fake_run, slides, tmp_pa
     assert outputs_bytes(tmp_path / "resumed", ["slide"]) == outputs_bytes(tmp_path / "whole", ["slide"])
 
 
+def test_a_run_stopped_while_finishing_a_slide_finishes_it_the_same(fake_run, slides, tmp_path, monkeypatch):
+    from tools.fields import slide as slide_module
+
+    (slide, _), _, _ = slides
+    screen(fake_run, [(slide, "slide")], tmp_path / "whole")
+    monkeypatch.setattr(slide_module, "write_labels", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # after the GeoJSON and the CSV moved into place, before the summary
+        screen(fake_run, [(slide, "slide")], tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "slide.geojson").exists() and not (tmp_path / "resumed" / "slide_summary.json").exists()
+    monkeypatch.undo()
+    screen(fake_run, [(slide, "slide")], tmp_path / "resumed")
+    assert outputs_bytes(tmp_path / "resumed", ["slide"]) == outputs_bytes(tmp_path / "whole", ["slide"])
+    assert (tmp_path / "resumed" / "slide_summary.json").exists() and not list((tmp_path / "resumed").glob(".*.partial"))
+
+
 KILLED_RUN = """
 import sys, time
 sys.path[:0] = {paths!r}

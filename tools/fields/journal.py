@@ -77,8 +77,9 @@ class SlideJournal:
         if saved is not None and saved.fingerprint == self.progress.fingerprint and saved.blocks == self.progress.blocks:
             self.progress = saved
             for path, length in ((self.folder / "cells.geojson", saved.geojson_bytes), (self.folder / "cells.csv", saved.csv_bytes)):
-                with open(path, "r+b") as file:
-                    file.truncate(length)  # drop a block cut off mid-write
+                if not saved.closed:  # once closed, the files may already have moved into place
+                    with open(path, "r+b") as file:
+                        file.truncate(length)  # drop a block cut off mid-write
             return f"continuing after block {saved.done} of {saved.blocks} ({saved.cells} cells kept)"
         note = None if saved is None else "its unfinished outputs were made with other models or settings: started afresh"
         shutil.rmtree(self.folder, ignore_errors=True)
