@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from tools.config import (
     HelpFormatter,
+    checked,
     checkpoint_parser,
     device_name,
     non_negative_float,
@@ -53,6 +54,7 @@ from utils.files import write_image
 from utils.overlays import blend_heatmap, overlay_masks
 from utils.preprocessing import read_image, unletterbox
 
+block_side = checked(int, lambda v: v >= 256, "a whole number >= 256 (px)")
 NC_RATIO_DEFINITION = "nucleus area / cytoplasm area, cytoplasm = whole cell minus nucleus (pixels); the other " \
                       "measurements are defined in tools/morphometry.py"
 
@@ -101,8 +103,9 @@ def get_args(argv=None) -> argparse.Namespace:
                         help="the field model (default: RUN_DIR/checkpoints/fields_best.pth)")
     fields.add_argument("--instance-checkpoint", type=Path, default=None,
                         help="the instance model (default: RUN_DIR/checkpoints/instances_best.pth)")
-    fields.add_argument("--block-size", type=positive_int, default=2048,
-                        help="inputs are screened in blocks of this many px a side (memory follows it, not the slide)")
+    fields.add_argument("--block-size", type=block_side, default=2048,
+                        help="inputs are screened in blocks of this many px a side, at least 256 (memory follows it, "
+                             "not the slide; smaller blocks repeat more of the halo around them)")
     fields.add_argument("--keep-edge-cells", action="store_true",
                         help="also keep the cells whose nucleus the image's border cuts (dropped by default: their "
                              "nuclear size and grade cannot be measured)")
