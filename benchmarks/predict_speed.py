@@ -40,7 +40,7 @@ def get_args(argv=None) -> argparse.Namespace:
 
 def stage_images(source: Path, count: int, folder: Path) -> None:
     """`count` copies of the images below `source`, cycling, named uniquely."""
-    images = find_images([str(source)], exclude=folder)
+    images = find_images([str(source)])
     for index in range(count):
         image = images[index % len(images)]
         shutil.copy(image, folder / f"{index:05d}{image.suffix.lower()}")

@@ -17,6 +17,7 @@ from tools.layouts import (
     read_dat_polygon,
     read_records,
 )
+from tools.inputs import mark_output_dir
 from utils.errors import UserError
 
 # ---------------------------------------------------------------- .dat polygons
@@ -324,6 +325,33 @@ def test_forced_layout_overrides_detection(tmp_path, make_paired):
     records, layout = read_records(root, layout="labels")
     # masks are then just images of their class: 3 files per cell, no masks
     assert layout == "labels" and len(records) == 2 * 2 * 3 and not any(r.has_masks for r in records)
+
+
+def test_a_link_beside_counts_once_and_a_link_into_another_class_is_refused(tmp_path, make_paired):
+    root = make_paired(tmp_path / "herlev", cells_per_class=2)
+    (root / "normal" / "9.BMP").symlink_to(root / "normal" / "1.BMP")  # the same cell under a second name
+    assert len(read_records(root, "labels")[0]) == 12
+    (root / "normal" / "9.BMP").unlink()
+    (root / "normal" / "linked").symlink_to(root / "abnormal")  # not a class: its files lie in a class already
+    (root / "others").symlink_to(root / "abnormal")
+    with pytest.raises(UserError, match=r"others/1.BMP: the same file as .*abnormal/1.BMP .*two cells of classes "
+                                        r"abnormal and others; remove the link"):
+        read_records(root, "labels")
+
+
+def test_output_folders_in_the_data_root_are_not_classes(tmp_path, make_paired):
+    """predict.py (marked) and an earlier version's predict.py (its predictions.csv) were run into the data root."""
+    root = make_paired(tmp_path / "herlev", cells_per_class=2)
+    for output, marked in (("predictions", True), ("old_predictions", False)):
+        (root / output).mkdir()
+        cv2.imwrite(str(root / output / "1_overlay.png"), np.zeros((8, 8, 3), np.uint8))
+        (root / output / "predictions.csv").write_text("file,name\n")
+        if marked:
+            mark_output_dir(root / output)
+    with pytest.raises(UserError, match=r"class folder\(s\) old_predictions hold no usable images"):
+        read_records(root)  # the marked folder is no class at all; the unmarked one has no cell left
+    shutil.rmtree(root / "old_predictions")
+    assert sorted({r.label for r in read_records(root)[0]}) == ["abnormal", "normal"]
 
 
 def test_file_names_match_whatever_their_case(tmp_path, make_paired, demo_root):

@@ -16,6 +16,7 @@ from tiny_checkpoints import DEMO_CLASSES, save_untrained_classification
 import main_segment
 import predict
 from tools.inference import CellPrediction
+from tools.inputs import OUTPUT_MARKER
 from tools.morphometry import FEATURE_NAMES
 from utils.errors import UserError
 
@@ -139,7 +140,7 @@ def test_all_readable_exits_zero_and_explain_is_optional(run_dir, input_dir, tmp
                            "--output-dir", str(tmp_path), "--device", "cpu"])
     assert code == 0
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*")) == [
-        "a/cell_cyt.png", "a/cell_nuc.png", "a/cell_overlay.png", "gray_cyt.png", "gray_nuc.png", "gray_overlay.png",
+        OUTPUT_MARKER, "a/cell_cyt.png", "a/cell_nuc.png", "a/cell_overlay.png", "gray_cyt.png", "gray_nuc.png", "gray_overlay.png",
         "predictions.csv", "predictions.json"]
 
 
@@ -165,24 +166,49 @@ def test_bad_checkpoint_is_a_usage_error(run_dir, input_dir, tmp_path, capsys):
     assert "expected segmentation" in capsys.readouterr().err
 
 
-def test_find_images_walks_folders_and_globs_and_skips_earlier_outputs(input_dir, tmp_path):
-    outputs = input_dir / "outputs"  # predictions written inside an input folder must not come back as inputs
-    found = predict.find_images([str(input_dir)], exclude=outputs)
+def test_find_images_walks_folders_and_globs(input_dir):
+    found = predict.find_images([str(input_dir)])
     assert sorted(p.relative_to(input_dir).as_posix() for p in found) == [
         "a/cell.png", "b/cell.png", "broken.png", "deep/cell16.tif", "gray.bmp"]
-    assert [p.name for p in predict.find_images([str(input_dir / "*" / "*.png")], exclude=outputs)] == ["cell.png", "cell.png"]
+    assert [p.name for p in predict.find_images([str(input_dir / "*" / "*.png")])] == ["cell.png", "cell.png"]
     with pytest.raises(UserError, match="nowhere.png"):
-        predict.find_images([str(input_dir / "nowhere.png")], exclude=outputs)
+        predict.find_images([str(input_dir / "nowhere.png")])
 
 
 def test_find_images_leaves_out_the_masks_of_a_paired_layout(paired_root, tmp_path):
-    found = predict.find_images([str(paired_root)], exclude=tmp_path / "outputs")
+    found = predict.find_images([str(paired_root)])
     assert sorted(p.relative_to(paired_root).as_posix() for p in found) == [
         f"{c}/{n}.BMP" for c in ("abnormal", "normal") for n in range(1, 7)]
     lone = tmp_path / "lone"
     lone.mkdir()
     cv2.imwrite(str(lone / "7N.png"), np.zeros((4, 4), np.uint8))  # no 7.bmp beside it: an image like any other
-    assert [p.name for p in predict.find_images([str(lone)], exclude=tmp_path / "outputs")] == ["7N.png"]
+    assert [p.name for p in predict.find_images([str(lone)])] == ["7N.png"]
+
+
+def test_a_link_loop_and_earlier_outputs_give_each_image_once(run_dir, input_dir, tmp_path):
+    """The reported case: DIR/back -> DIR made 'DIR/**/*.png' predict one image 41 times. A second run into an output
+    folder inside the inputs must not take the first run's masks and overlays for cells either."""
+    cells = tmp_path / "cells"
+    (cells / "deep").mkdir(parents=True)
+    cv2.imwrite(str(cells / "deep" / "cell.png"), cv2.imread(str(input_dir / "a" / "cell.png")))
+    (cells / "back").symlink_to(cells)
+    output_dir = cells / "predictions"
+    for _ in range(2):
+        code, _ = run_predict([f"{cells}/**/*.png", "--run-dir", str(run_dir), "--output-dir", str(output_dir),
+                               "--device", "cpu"])
+        assert code == 0 and [row["name"] for row in read_csv(output_dir / "predictions.csv")] == ["cell"]
+
+
+@pytest.mark.parametrize("inside", ["", "deep"])
+def test_an_output_folder_holding_the_inputs_is_refused(run_dir, tmp_path, capsys, inside):
+    cells = tmp_path / "cells"
+    (cells / "deep").mkdir(parents=True)
+    cv2.imwrite(str(cells / "deep" / "cell.png"), np.full((20, 20, 3), 200, np.uint8))
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(cells / inside), "--run-dir", str(run_dir), "--output-dir", str(cells), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert f"--output-dir {cells}: it holds the input folder" in capsys.readouterr().err
+    assert not (cells / "predictions.csv").exists()
 
 
 def test_the_output_folder_is_locked_while_predicting(run_dir, input_dir, tmp_path, capsys):

@@ -7,10 +7,12 @@ Layouts:
   paired    <class>/<n>.<ext> with masks <n>N.png (nucleus) and <n>C.png (cytoplasm), as Herlev.
   labels    <class>/*.png|jpg|bmp|tif without masks: classification only, masks come from stage 1.
 
-File names are matched without regard to case (10N.PNG is 10's nucleus mask), and hidden files and
-folders (.DS_Store, macOS ._* and __MACOSX/) are never read. Everything after the readers uses only
-CellRecord; decoding is tools/data_loader.py's.
+File names are matched without regard to case (10N.PNG is 10's nucleus mask). Folders are listed by
+tools/inputs.py: each file once, and never hidden files and folders (.DS_Store, macOS ._* and __MACOSX/)
+or what this project wrote. Everything after the readers uses only CellRecord; decoding is
+tools/data_loader.py's.
 """
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
+from tools.inputs import folder_entries, input_files
 from utils.errors import UserError
 from utils.preprocessing import read_image
 
@@ -59,21 +62,18 @@ class CellRecord:
 
 # ---------------------------------------------------------------- folders and files
 
-def is_hidden(path: Path) -> bool:
-    """Dot files and folders, and the __MACOSX/ folder that macOS zips carry."""
-    return path.name.startswith(".") or path.name == "__MACOSX"
-
-
 def class_folders(root: Path) -> List[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p))
+    """The folders directly in root, not hidden, not this project's output; a link to another one stays (two classes
+    sharing files are refused by check_each_cell_once)."""
+    return folder_entries(root)[0]
 
 
 def image_files(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not is_hidden(p) and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return input_files([folder], IMAGE_EXTENSIONS, max_depth=1, required=False)
 
 
 def files_by_lower_name(folder: Path) -> Dict[str, Path]:
-    return {p.name.lower(): p for p in folder.iterdir() if p.is_file() and not is_hidden(p)}
+    return {p.name.lower(): p for p in input_files([folder], max_depth=1, required=False)}
 
 
 def check_unique_stems(images: Sequence[Path]) -> None:
@@ -221,10 +221,11 @@ def read_cluster_cells(root: Path, label: str, image_path: Path, cyt_files: Sequ
     return records
 
 
-def cluster_polygon_files(folder: Path, image_path: Path, part: str) -> List[Path]:
-    """NNN_cytMM.dat (part 'cyt') or NNN_nucMM.dat files of one cluster image, whatever their case."""
+def cluster_polygon_files(files: Dict[str, Path], image_path: Path, part: str) -> List[Path]:
+    """NNN_cytMM.dat (part 'cyt') or NNN_nucMM.dat files of one cluster image among its folder's `files`
+    (files_by_lower_name), whatever their case."""
     pattern = re.compile(rf"{re.escape(image_path.stem.lower())}_{part}\d+\.dat")
-    return sorted(p for name, p in files_by_lower_name(folder).items() if pattern.fullmatch(name))
+    return sorted(p for name, p in files.items() if pattern.fullmatch(name))
 
 
 def read_sipakmed_clusters(root: Path, skip_bad: bool = False) -> List[CellRecord]:
@@ -232,9 +233,10 @@ def read_sipakmed_clusters(root: Path, skip_bad: bool = False) -> List[CellRecor
     records = []
     for class_folder in class_folders(root):
         folder = sipakmed_inner_folder(class_folder)
+        files = files_by_lower_name(folder)
         for image_path in image_files(folder):
-            cyt_files = cluster_polygon_files(folder, image_path, "cyt")
-            nuc_files = cluster_polygon_files(folder, image_path, "nuc")
+            cyt_files = cluster_polygon_files(files, image_path, "cyt")
+            nuc_files = cluster_polygon_files(files, image_path, "nuc")
             label = class_folder.name
             cells, problem = read_cell_files(lambda: read_cluster_cells(root, label, image_path, cyt_files, nuc_files), skip_bad)
             # Nuclei are matched to cells across the whole image, so one bad file leaves every cell of it in doubt
@@ -338,7 +340,25 @@ def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropp
     empty = [f.name for f in class_folders(root) if not any(r.label == f.name for r in records)]
     if empty:
         raise UserError(f"{root}: class folder(s) {', '.join(empty)} hold no usable images; add images or remove the folder")
-    return sorted(records, key=lambda r: r.sample_id), layout
+    records = sorted(records, key=lambda r: r.sample_id)
+    check_each_cell_once(records)
+    return records, layout
+
+
+def check_each_cell_once(records: Sequence[CellRecord]) -> None:
+    """One image reached under two names (a link to it, or to its folder, from another folder) would count as two
+    cells, perhaps of two classes, one of them in train and the other in test. (In one folder a link to a file
+    beside it is left out by the listing itself.)"""
+    seen: Dict[tuple, CellRecord] = {}
+    for record in records:
+        if record.problem is not None:
+            continue  # left out anyway; a bad cluster image's cells all share its path and no crop box
+        cell = record.polygon_files[0].name if record.crop_box is not None else None  # cells of one cluster image
+        other = seen.setdefault((os.path.realpath(record.image_path), record.crop_box, cell), record)
+        if other is not record:
+            classes = f" of classes {other.label} and {record.label}" if other.label != record.label else ""
+            raise UserError(f"{record.image_path}: the same file as {other.image_path} (one is a link to the other or to "
+                            f"its folder), so it would count as two cells{classes}; remove the link")
 
 
 # SIPaKMeD's normal cells; Herlev's are the classes named normal_*
