@@ -44,7 +44,8 @@ from tools.metrics import (
     grade_metrics,
     reliability_bins,
 )
-from tools.run_dir import RunPaths, check_writable, open_run
+from tools.inputs import mark_output_dir
+from tools.run_dir import RunPaths, open_run
 from tools.splits import manifest_sha1
 from utils.errors import UserError, exit_on_user_error
 from utils.overlays import overlay_masks
@@ -248,7 +249,7 @@ def overlay_field(image: np.ndarray, cells) -> np.ndarray:
 def main(argv=None) -> None:
     args = get_args(argv)
     with open_run(args.run_dir, args.data_root) as paths:
-        check_writable(paths.eval)
+        mark_output_dir(paths.eval)
         if is_field_layout(args.layout, args.data_root):
             return evaluate_fields(args, paths)
         cls_checkpoint = load_checkpoint(args.cls_checkpoint, "classification")

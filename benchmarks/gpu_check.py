@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from benchmarks.herlev import git_commit, read_metrics, run  # noqa: E402
 from tools.acceleration import resolve_device  # noqa: E402
+from tools.inputs import mark_output_dir  # noqa: E402
 from utils.errors import UserError, exit_on_user_error  # noqa: E402
 
 SPEED_FLAGS_OFF = ["--amp", "off", "--no-channels-last", "--no-fused-adamw", "--no-cudnn-benchmark"]
@@ -111,7 +112,7 @@ def main(argv=None) -> Dict:
     if not data_root.is_dir():
         raise UserError(f"{args.data_root}: no such folder; pass --data-root with the Herlev set (or any data root with masks)")
     run_dir, log = out / "run", out / "gpu_check.log"
-    out.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(out)
     log.unlink(missing_ok=True)
     # evaluate.py takes the model and its size from the checkpoints, and keeps its own batch size
     loader = given_flags(args, ["--device", "--workers"])

@@ -27,6 +27,7 @@ from typing import Dict, List
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/herlev.py`: the repo's packages are one folder up
 
+from tools.inputs import mark_output_dir  # noqa: E402
 from tools.layouts import read_records  # noqa: E402
 from tools.splits import cross_validation_manifests  # noqa: E402
 
@@ -133,7 +134,7 @@ def git_commit() -> str:
 def main(argv=None) -> None:
     args = get_args(argv)
     out = args.output_dir.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(out)
     times: Dict[str, float] = {}
     results = (cross_validation if args.cv else fixed_split)(args, out, out / "benchmark.log", times)
     results.update(command=" ".join(["python", "benchmarks/herlev.py", *sys.argv[1:]]), commit=git_commit(),

@@ -25,6 +25,7 @@ import torch
 
 from model.segmentation_model import HEADS
 from tools.checkpoint import load_model
+from tools.inputs import mark_output_dir
 from utils.files import file_sha1, written_atomically
 
 TOLERANCE = 1e-4  # largest absolute difference from PyTorch accepted by the check
@@ -56,7 +57,7 @@ def export(model: torch.nn.Module, examples: Sequence[torch.Tensor], path: Path,
     file at once, and one of them must never open the other's half-written graph.
     """
     dynamic_axes = {name: {0: "batch"} for name in (*input_names, *output_names)}
-    path.parent.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(path.parent)
     with written_atomically(path) as tmp_path:
         with warnings.catch_warnings():
             # the TorchScript exporter (dynamo=False) is deprecated but works offline with no extra package;
