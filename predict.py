@@ -26,8 +26,10 @@ from tqdm import tqdm
 
 from tools.config import (
     HelpFormatter,
+    check_named_file,
     checkpoint_parser,
     device_name,
+    name_flag,
     positive_int,
     resolve_checkpoints,
 )
@@ -73,7 +75,7 @@ def get_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--explain", action="store_true",
                         help="also write <name>_gradcam.png: Grad-CAM of the predicted class on the classifier's last stage "
                              "(runs the models in PyTorch)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"],
+    parser.add_argument("--backend", default="auto", **name_flag(["auto", "onnx", "torch"]),
                         help="onnx: ONNX Runtime on the CPU, exported once into RUN_DIR/outputs/onnx and reused; torch: "
                              "PyTorch; auto: PyTorch on a CUDA machine (or --device cuda) and for --explain, else ONNX "
                              "(cells and --fields alike)")
@@ -99,6 +101,9 @@ def get_args(argv=None) -> argparse.Namespace:
                         help="also keep the cells whose nucleus the image's border cuts (dropped by default: their "
                              "nuclear size and grade cannot be measured)")
     args = parser.parse_args(argv)
+    for flag in ("seg_checkpoint", "cls_checkpoint", "field_checkpoint", "instance_checkpoint"):
+        if getattr(args, flag) is not None:  # given: a typo must not pass for "no classifier" (--fields runs without one)
+            check_named_file(getattr(args, flag), "checkpoint", f"pass the checkpoint's path to --{flag.replace('_', '-')}")
     resolve_checkpoints(args)
     run = RunPaths(args.run_dir)
     args.output_dir = args.output_dir or (run.field_predictions if args.fields else run.predictions)

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/field_speed.py`: the repo's packages are one folder up
 
 from benchmarks.herlev import git_commit  # noqa: E402
+from tools.config import name_flag  # noqa: E402
 from tools.fields.segment import load_field_models, segment_field  # noqa: E402
 from tools.run_dir import RunPaths  # noqa: E402
 from utils.files import write_image  # noqa: E402
@@ -57,7 +58,7 @@ def get_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=2048, help="field width in px")
     parser.add_argument("--height", type=int, default=1536, help="field height in px")
     parser.add_argument("--repeats", type=int, default=3, help="timed segment_field runs per backend (the median is reported)")
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="backends to time")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), **name_flag(BACKENDS), help="backends to time")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="ONNX Runtime and PyTorch threads (default: the cores this process may use)")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles or cell windows per forward pass")

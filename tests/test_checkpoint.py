@@ -38,9 +38,9 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path):
 
 
 def test_load_checkpoint_missing_file(tmp_path):
-    with pytest.raises(UserError, match=r"nothing\.pth: checkpoint not found.*segmentation"):
+    with pytest.raises(UserError, match=r"nothing\.pth: no such file, unknown checkpoint 'nothing\.pth' \(known: none\); train the segmentation"):
         load_checkpoint(tmp_path / "nothing.pth", "segmentation")
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="is a folder, not a checkpoint"):
         load_checkpoint(tmp_path, "segmentation")  # a folder is not a checkpoint
 
 

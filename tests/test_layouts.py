@@ -320,17 +320,30 @@ def test_missing_root_and_unknown_layout(tmp_path, make_paired):
         read_records(root, layout="coco")
 
 
-def test_forced_layout_overrides_detection(tmp_path, make_paired):
+def test_forced_labels_layout_reads_a_paired_root_without_its_masks(tmp_path, make_paired):
+    """The masks are masks still, never cells of their class (they were, 3 "cells" per cell, before)."""
     root = make_paired(tmp_path / "herlev", cells_per_class=2)
     records, layout = read_records(root, layout="labels")
-    # masks are then just images of their class: 3 files per cell, no masks
-    assert layout == "labels" and len(records) == 2 * 2 * 3 and not any(r.has_masks for r in records)
+    assert layout == "labels" and not any(r.has_masks for r in records)
+    assert sorted(r.sample_id for r in records) == ["abnormal/1", "abnormal/2", "normal/1", "normal/2"]
+
+
+@pytest.mark.parametrize("layout,flags,flag,wrong", [
+    ("auto", dict(nuc_suffix="_nuc.png"), "--nuc-suffix", "_nuc.png"),  # auto would have read it labels-only
+    ("paired", dict(cyt_suffix="_C.png"), "--cyt-suffix", "_C.png"),  # every mask "missing"
+], ids=["auto", "paired"])
+def test_a_mask_suffix_no_file_has_names_the_ones_found(tmp_path, make_paired, layout, flags, flag, wrong):
+    root = make_paired(tmp_path / "herlev", cells_per_class=2)
+    with pytest.raises(UserError, match=rf"{flag}: unknown mask suffix '{wrong}'; did you mean .*C.png.*"
+                                        rf"\(known: C.png, N.png\); pass the ending of the mask files"):
+        read_records(root, layout, **flags)
+    assert len(read_records(root, layout, nuc_suffix="n.PNG")[0]) == 4  # any case
 
 
 def test_a_link_beside_counts_once_and_a_link_into_another_class_is_refused(tmp_path, make_paired):
     root = make_paired(tmp_path / "herlev", cells_per_class=2)
     (root / "normal" / "9.BMP").symlink_to(root / "normal" / "1.BMP")  # the same cell under a second name
-    assert len(read_records(root, "labels")[0]) == 12
+    assert len(read_records(root, "labels")[0]) == 4
     (root / "normal" / "9.BMP").unlink()
     (root / "normal" / "linked").symlink_to(root / "abnormal")  # not a class: its files lie in a class already
     (root / "others").symlink_to(root / "abnormal")

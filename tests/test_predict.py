@@ -230,6 +230,14 @@ def test_outputs_default_into_the_run_folder_cells_and_fields_apart(tmp_path):
     assert fields.instance_checkpoint == tmp_path / "checkpoints" / "instances_best.pth"
 
 
+def test_a_named_checkpoint_must_exist_even_where_it_is_optional(tmp_path):
+    """--fields segments without classifying when the run has no classifier; a mistyped --cls-checkpoint is not that."""
+    (tmp_path / "classification_best.pth").write_bytes(b"")
+    with pytest.raises(UserError, match=r"clasification_best.pth: no such file, unknown checkpoint 'clasification_best.pth'; "
+                                        r"did you mean classification_best.pth\?"):
+        predict.get_args(["slide.tif", "--fields", "--cls-checkpoint", str(tmp_path / "clasification_best.pth")])
+
+
 def test_output_names_never_collide(tmp_path):
     paths = [tmp_path / "x" / "cell.png", tmp_path / "y" / "cell.png", tmp_path / "x" / "cell.bmp", tmp_path / "x" / "other.tif"]
     assert predict.output_names(paths) == ["x/cell.png", "y/cell", "x/cell.bmp", "x/other"]

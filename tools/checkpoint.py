@@ -15,6 +15,7 @@ import torch
 
 from model.classification_model import ConvNeXtAttentionClassifier
 from model.segmentation_model import DualHeadAttConvNeXtUNet
+from tools.config import check_named_file
 from utils.errors import UserError
 from utils.files import written_atomically
 
@@ -49,8 +50,7 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
 def load_checkpoint(path: Path, stage: str) -> Dict[str, Any]:
     """Load a checkpoint of `stage` onto the CPU, with a clear error for a missing or wrong file."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found; train the {stage} stage first or pass its path")
+    check_named_file(path, "checkpoint", f"train the {stage} stage first or pass its path")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many types for a damaged file

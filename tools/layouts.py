@@ -21,11 +21,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
+from tools.config import unknown_name
 from tools.inputs import folder_entries, input_files
 from utils.errors import UserError
 from utils.preprocessing import read_image
 
 LAYOUTS = ("sipakmed", "paired", "labels")
+DEFAULT_MASK_SUFFIXES = ("N.png", "C.png")  # the paired layout's nucleus and cytoplasm masks: <n>N.png, <n>C.png
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 CLUSTER_CROP_MARGIN = 10  # pixels of context kept around a cell cut out of a cluster image
 SKIP_BAD_HINT = "or pass --skip-bad to leave bad cells out"
@@ -251,7 +253,7 @@ def is_mask_name(name: str, suffixes: Sequence[str]) -> bool:
     return name.lower().endswith(tuple(s.lower() for s in suffixes))
 
 
-def paired_mask_files(images: Sequence[Path], suffixes: Sequence[str] = ("N.png", "C.png")) -> set:
+def paired_mask_files(images: Sequence[Path], suffixes: Sequence[str] = DEFAULT_MASK_SUFFIXES) -> set:
     """The images that are another image's paired-layout mask (<n>N.png beside <n>.bmp): not cells themselves."""
     stems = {(p.parent, p.stem.lower()) for p in images}
     return {p for p in images for suffix in suffixes
@@ -283,10 +285,13 @@ def read_paired(root: Path, nuc_suffix: str = "N.png", cyt_suffix: str = "C.png"
     return records
 
 
-def read_labels_only(root: Path) -> List[CellRecord]:
+def read_labels_only(root: Path, mask_suffixes: Sequence[str] = DEFAULT_MASK_SUFFIXES) -> List[CellRecord]:
+    """Every image of every class folder, but the masks of a paired layout (a paired root read without its masks)."""
     records = []
     for folder in class_folders(root):
         images = image_files(folder)
+        masks = paired_mask_files(images, (*mask_suffixes, *DEFAULT_MASK_SUFFIXES))
+        images = [p for p in images if p not in masks]
         check_unique_stems(images)
         records += [CellRecord(sample_id=p.relative_to(root).with_suffix("").as_posix(), image_path=p,
                                label=folder.name, group=f"{folder.name}/{p.stem}") for p in images]
@@ -294,6 +299,29 @@ def read_labels_only(root: Path) -> List[CellRecord]:
 
 
 # ---------------------------------------------------------------- any layout
+
+def suffixes_beside_images(root: Path) -> List[str]:
+    """The endings of the files named after an image beside them (<n>N.png beside <n>.bmp: N.png), most common first."""
+    counts: Counter = Counter()
+    for folder in class_folders(root):
+        files = list(files_by_lower_name(folder).values())
+        stems = {p.stem.lower() for p in files if p.suffix.lower() in IMAGE_EXTENSIONS}
+        for path in files:
+            counts.update(path.name[cut:] for cut in range(1, len(path.stem)) if path.name[:cut].lower() in stems)
+    return [suffix for suffix, _ in counts.most_common(8)]
+
+
+def check_mask_suffixes(root: Path, layout: str, nuc_suffix: str, cyt_suffix: str) -> None:
+    """Mask suffixes that no file has would make a paired root labels-only (its masks trained as cells), or every mask
+    missing: name the endings the files have."""
+    custom = (nuc_suffix, cyt_suffix) != DEFAULT_MASK_SUFFIXES
+    if layout != "paired" and not (layout == "labels" and custom):
+        return
+    found = suffixes_beside_images(root)
+    for flag, suffix in (("--nuc-suffix", nuc_suffix), ("--cyt-suffix", cyt_suffix)):
+        if suffix.lower() not in {s.lower() for s in found}:
+            raise UserError(f"{root}: {flag}: {unknown_name(suffix, found, 'mask suffix')}; pass the ending of the mask "
+                            f"files' names (any case), or --layout labels to train without masks")
 
 def has_boundary_files(folder: Path) -> bool:
     return any(re.fullmatch(r".*_cyt\d*\.dat", name) for name in files_by_lower_name(folder))
@@ -326,13 +354,14 @@ def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropp
     if not root.is_dir():
         raise UserError(f"{root}: data root does not exist or is not a folder; pass --data-root PATH")
     layout = detect_layout(root, nuc_suffix) if layout == "auto" else layout
+    check_mask_suffixes(root, layout, nuc_suffix, cyt_suffix)
     if layout == "sipakmed":
         read_sipakmed = read_sipakmed_cropped if sipakmed_source == "cropped" else read_sipakmed_clusters
         records = read_sipakmed(root, skip_bad)
     elif layout == "paired":
         records = read_paired(root, nuc_suffix, cyt_suffix, skip_bad)
     elif layout == "labels":
-        records = read_labels_only(root)
+        records = read_labels_only(root, (nuc_suffix, cyt_suffix))
     else:
         raise UserError(f"unknown layout {layout!r}; choose one of: auto, {', '.join(LAYOUTS)}")
     if not records:
