@@ -275,12 +275,12 @@ def main(argv=None) -> None:
         if is_field_layout(args.layout, args.data_root):
             return evaluate_fields(args, paths)
         cls_checkpoint = load_checkpoint(args.cls_checkpoint, "classification")
-        check_class_flags(args, cls_checkpoint["class_names"], cls_checkpoint)
         check_masks_dir(args.masks_dir)
         if args.masks_dir:  # no segmenter to run
             pipeline = torch_pipeline(None, args.cls_checkpoint, resolve_device(args.device))[0]
         else:
             pipeline = load_pipeline(args.seg_checkpoint, args.cls_checkpoint, paths.onnx, args.backend, args.device)
+        check_class_flags(args, pipeline.class_names, cls_checkpoint)
         mask_files = PredictedMaskFiles(args.masks_dir) if args.masks_dir else None
         records = select_records(args, paths, cls_checkpoint)
         class_names = pipeline.class_names
