@@ -308,23 +308,30 @@ def open_field(path) -> Tuple[Callable[[int, int, int, int], np.ndarray], Tuple[
     """
     from utils.preprocessing import read_image, to_rgb8
 
-    if str(path).lower().endswith((".tif", ".tiff")):
-        try:
-            import tifffile
+    mapped = mapped_tiff(path) if str(path).lower().endswith((".tif", ".tiff")) else None
+    if mapped is not None:
+        def read_region(top, left, bottom, right):
+            region = np.asarray(mapped[top:bottom, left:right])
+            return to_rgb8(region[..., [2, 1, 0, 3][:region.shape[2]]] if region.ndim == 3 else region)  # RGB(A) -> BGR(A)
 
-            mapped = tifffile.memmap(str(path), mode="r")
-        except Exception:  # compressed or tiled: not mappable
-            mapped = None
-        if mapped is not None and mapped.ndim in (2, 3):
-            def read_region(top, left, bottom, right):
-                region = np.asarray(mapped[top:bottom, left:right])
-                if region.ndim == 3 and region.shape[2] >= 3:
-                    region = region[..., 2::-1] if region.shape[2] == 3 else region[..., [2, 1, 0, 3]]  # to BGR(A)
-                return to_rgb8(region)
-
-            return read_region, mapped.shape[:2], None
+        return read_region, mapped.shape[:2], None
     image = read_image(path)
     return (lambda top, left, bottom, right: image[top:bottom, left:right]), image.shape[:2], image
+
+
+def mapped_tiff(path) -> Optional[np.ndarray]:
+    """The pixels of an uncompressed TIFF of 8- or 16-bit grey, RGB or RGBA samples, mapped from the disk; None for
+    any other file, which is decoded whole as every reader decodes it (planar, two-channel, float TIFFs)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tiff:
+            axes = tiff.series[0].axes
+        mapped = tifffile.memmap(str(path), mode="r")
+    except Exception:  # compressed, tiled or not a TIFF: not mappable
+        return None
+    plain = axes == "YX" or (axes == "YXS" and mapped.shape[-1] in (3, 4))
+    return mapped if plain and mapped.dtype in (np.uint8, np.uint16) else None
 
 
 def torch_field_models(fields_checkpoint, instances_checkpoint, device, batch_size: int = 8) -> FieldModels:
