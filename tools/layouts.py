@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
+import cv2
 import numpy as np
 
 from tools.config import unknown_name
@@ -29,6 +30,7 @@ from utils.preprocessing import read_image
 LAYOUTS = ("sipakmed", "paired", "labels")
 DEFAULT_MASK_SUFFIXES = ("N.png", "C.png")  # the paired layout's nucleus and cytoplasm masks: <n>N.png, <n>C.png
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MAX_COORDINATE = 1e6  # px; a polygon point further out belongs to no image
 CLUSTER_CROP_MARGIN = 10  # pixels of context kept around a cell cut out of a cluster image
 SKIP_BAD_HINT = "or pass --skip-bad to leave bad cells out"
 
@@ -126,10 +128,16 @@ def read_dat_polygon(path: Path) -> np.ndarray:
             raise UserError(f"{path}:{line_number}: expected 'x,y' numbers, found {line.strip()[:40]!r}; fix or remove the file")
         if not (np.isfinite(x) and np.isfinite(y)):
             raise UserError(f"{path}:{line_number}: point is not a finite number; fix or remove the file")
+        if max(abs(x), abs(y)) > MAX_COORDINATE:  # beyond float32's whole pixels, and any crop box's int range
+            raise UserError(f"{path}:{line_number}: point ({x:g}, {y:g}) lies beyond any image; fix or remove the file")
         points.append((x, y))
     if len(points) < 3:
         raise UserError(f"{path}: a polygon needs at least 3 points, found {len(points)}; fix or remove the file")
-    return np.asarray(points, dtype=np.float32)
+    polygon = np.asarray(points, dtype=np.float32)
+    if cv2.contourArea(polygon) < 1:
+        raise UserError(f"{path}: the polygon encloses less than a pixel (its points lie on a line or on one spot); "
+                        f"fix or remove the file")
+    return polygon
 
 
 def check_polygons_inside(polygons: Sequence[np.ndarray], files: Sequence[Path], shape: Tuple[int, int]) -> None:
@@ -184,8 +192,6 @@ def read_sipakmed_cropped(root: Path, skip_bad: bool = False) -> List[CellRecord
 
 def nucleus_owner(nuc_polygon: np.ndarray, cyt_polygons: Sequence[np.ndarray]) -> Optional[int]:
     """Index of the cell polygon that contains the nucleus centroid (cluster files number them independently)."""
-    import cv2
-
     centroid = tuple(float(v) for v in nuc_polygon.mean(axis=0))
     for index, cyt_polygon in enumerate(cyt_polygons):
         if cv2.pointPolygonTest(cyt_polygon.reshape(-1, 1, 2), centroid, False) >= 0:
