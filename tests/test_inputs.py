@@ -128,6 +128,8 @@ def test_an_input_that_yields_nothing_is_named(tmp_path):
     with pytest.raises(UserError, match=r"\*.jpg: no png/bmp/tif file matches this pattern; check the path"):
         input_files([f"{tmp_path}/*.jpg"], IMAGES)
     assert input_files([tmp_path], IMAGES, required=False) == []
+    with pytest.raises(UserError, match="/dev/null: not a file or folder; check the path"):
+        input_files(["/dev/null"])
 
 
 def test_an_unreadable_folder_is_named(tmp_path, monkeypatch):

@@ -384,6 +384,8 @@ def test_output_folders_in_the_data_root_are_not_classes(tmp_path, make_paired):
         read_records(root)  # the marked folder is no class at all; the unmarked one has no cell left
     shutil.rmtree(root / "old_predictions")
     assert sorted({r.label for r in read_records(root)[0]}) == ["abnormal", "normal"]
+    with pytest.raises(UserError, match="predictions: this folder holds outputs of this project"):
+        read_records(root / "predictions")  # named as the data root itself
 
 
 def test_file_names_match_whatever_their_case(tmp_path, make_paired, demo_root):

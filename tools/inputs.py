@@ -232,4 +232,4 @@ def nothing_found(text: str, suffixes: Optional[Tuple[str, ...]]) -> str:
         return f"no {kinds}file in this folder (hidden files and this project's outputs are left out)"
     if any(c in text for c in GLOB_CHARACTERS):
         return f"no {kinds}file matches this pattern"
-    return "no such file or folder"
+    return "not a file or folder" if Path(text).exists() else "no such file or folder"  # a device, a pipe

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from tools.config import unknown_name
-from tools.inputs import folder_entries, input_files
+from tools.inputs import check_not_output, folder_entries, input_files
 from utils.errors import UserError
 from utils.preprocessing import read_image
 
@@ -359,6 +359,7 @@ def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropp
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: data root does not exist or is not a folder; pass --data-root PATH")
+    check_not_output(root, str(root))
     layout = detect_layout(root, nuc_suffix) if layout == "auto" else layout
     check_mask_suffixes(root, layout, nuc_suffix, cyt_suffix)
     if layout == "sipakmed":
