@@ -31,6 +31,7 @@ from tools.config import PRESETS, name_flag  # noqa: E402
 from tools.inputs import mark_output_dir  # noqa: E402
 from tools.layouts import read_records  # noqa: E402
 from tools.splits import cross_validation_manifests, load_split  # noqa: E402
+from utils.errors import exit_on_user_error  # noqa: E402
 
 METRICS = {  # name in results -> (section of metrics.json, key)
     "accuracy": ("classification", "accuracy"), "macro_f1": ("classification", "macro_f1"),
@@ -134,6 +135,7 @@ def git_commit() -> str:
     return (result.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
 
 
+@exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
     out = args.output_dir.resolve()

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from predict import find_images  # noqa: E402
+from utils.errors import exit_on_user_error  # noqa: E402
 
 BACKENDS = ("onnx", "torch")
 
@@ -80,6 +81,7 @@ def markdown_table(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+@exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
     rows = measure(args)
