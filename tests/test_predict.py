@@ -6,19 +6,30 @@ import json
 import os
 import re
 import socket
+import tempfile
 from pathlib import Path
 
 import cv2
+import hostile
 import numpy as np
 import pytest
-from tiny_checkpoints import DEMO_CLASSES, save_untrained_classification
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from tiny_checkpoints import (
+    DEMO_CLASSES,
+    save_untrained_checkpoints,
+    save_untrained_classification,
+    save_untrained_field_models,
+)
 
 import main_segment
 import predict
+import tools.fields.segment
 from tools.inference import CellPrediction
 from tools.inputs import OUTPUT_MARKER
 from tools.morphometry import FEATURE_NAMES
 from utils.errors import UserError
+from utils.preprocessing import read_image
 
 TEMPERATURE = 2.0
 GOOD_NAMES = ["a/cell", "b/cell", "gray", "deep/cell16"]
@@ -266,3 +277,73 @@ def test_help_explains_every_flag(capsys):
     for flag in ("--run-dir", "--seg-checkpoint", "--cls-checkpoint", "--output-dir", "--batch-size", "--device", "--explain"):
         assert explained[flag] >= 5, f"{flag} has no help"
     assert "glob" in help_text.split("options:")[0]  # the positional INPUT is explained too
+
+
+# ---------------------------------------------------------------- generated hostile inputs (tests/hostile.py)
+
+@pytest.fixture(scope="module")
+def untrained_run(tmp_path_factory):
+    """A run folder with untrained tiny models of both stages and both field models (no training: seconds)."""
+    run = tmp_path_factory.mktemp("untrained_run")
+    save_untrained_checkpoints(run / "checkpoints")
+    save_untrained_field_models(run / "checkpoints")
+    return run
+
+
+def write_inputs(folder: Path, images) -> list:
+    """The generated images written into `folder`; returns (path, whether a reader must decode it) per image."""
+    folder.mkdir()
+    return [(image.write(folder / f"image{index}"), image.readable) for index, image in enumerate(images)]
+
+
+def assert_named_once_each(stderr: str, written) -> None:
+    """Each unreadable image named in one line, the readable ones not at all, and no traceback."""
+    assert "Traceback" not in stderr
+    for path, readable in written:
+        assert sum(f"skipped {path}: " in line for line in stderr.splitlines()) == (0 if readable else 1), stderr
+
+
+@settings(max_examples=hostile.examples(8))
+@given(st.lists(hostile.images(max_side=40), min_size=1, max_size=3))
+@example([hostile.GeneratedImage(np.full((1, 1, 3), 200, np.uint8), ".png"),  # one pixel
+          hostile.GeneratedImage(np.full((5, 1), np.nan, np.float32), ".tif")])
+@example([hostile.GeneratedImage(np.full((9, 9, 3), 90, np.uint8), ".jpg", damage="cut")])  # was predicted on grey fill
+def test_generated_cells_give_a_row_each_or_one_named_line(untrained_run, images):
+    """Cells of any size, depth and format, some unreadable: masks at each image's size, probabilities, finite
+    measurements, exit code 1 with each unreadable image named once."""
+    with tempfile.TemporaryDirectory() as folder:
+        written, output = write_inputs(Path(folder) / "cells", images), Path(folder) / "predictions"
+        code, stderr = run_predict([str(Path(folder) / "cells"), "--run-dir", str(untrained_run), "--output-dir",
+                                    str(output), "--device", "cpu", "--batch-size", "2"])
+        assert code == (0 if all(readable for _, readable in written) else 1)
+        assert_named_once_each(stderr, written)
+        rows = {row["file"]: row for row in read_csv(output / "predictions.csv")}
+        assert sorted(rows) == sorted(str(path) for path, readable in written if readable)
+        for path, row in rows.items():
+            height, width = read_image(Path(path)).shape[:2]
+            assert image_size(output / f"{row['name']}_cyt.png") == (height, width)
+            assert sum(float(row[f"prob_{name}"]) for name in DEMO_CLASSES) == pytest.approx(1, abs=1e-4)
+            assert all(np.isfinite(float(row[name])) for name in FEATURE_NAMES if row[name] != "")
+
+
+@settings(max_examples=hostile.examples(6))
+@given(st.lists(hostile.images(max_side=90), min_size=1, max_size=2), st.sampled_from([24, 2048]))
+@example([hostile.GeneratedImage(np.full((1, 1), 50, np.uint8), ".png")], 2048)  # one pixel, one block
+@example([hostile.GeneratedImage(np.zeros((40, 30, 2), np.uint16), ".tif")], 24)  # grey + alpha: cv2.error when mapped
+def test_generated_fields_give_their_cells_or_one_named_line(untrained_run, images, block):
+    """Fields of any size, depth and format, some unreadable, in blocks smaller or larger than the field: label images
+    of the field's size, the tables agree, each unreadable field named once."""
+    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tools.fields.segment, "NUCLEUS_THRESHOLD", 0.5)  # an untrained model is rarely sure of a nucleus
+        written, output = write_inputs(Path(folder) / "fields", images), Path(folder) / "found"
+        code, stderr = run_predict([str(Path(folder) / "fields"), "--fields", "--run-dir", str(untrained_run),
+                                    "--output-dir", str(output), "--device", "cpu", "--block-size", str(block)])
+        assert code == (0 if all(readable for _, readable in written) else 1)
+        assert_named_once_each(stderr, written)
+        summary = json.loads((output / "summary.json").read_text())
+        assert sorted(summary["fields"]) == sorted(path.stem for path, readable in written if readable)
+        assert summary["overall"]["cells"] == len(read_csv(output / "cells.csv"))
+        for path, readable in written:
+            if readable:
+                for labels in ("cells", "nuclei"):
+                    assert image_size(output / f"{path.stem}_{labels}.png") == read_image(path).shape[:2]
