@@ -301,6 +301,9 @@ def main(argv=None) -> int:
 
         kept = [(path, name) for path, name in zip(paths, names) if not is_isbi_annotation(path)]  # masks beside fields
         paths, names = [path for path, _ in kept], [name for _, name in kept]
+        if not paths:
+            raise UserError(f"{' '.join(args.inputs)}: only annotations found (<name>_cellKK.png, <name>_nuclei.png); "
+                            f"pass the field images")
         mark_output_dir(args.output_dir)
         with RunLock(args.output_dir):
             return predict_fields(args, paths, names)

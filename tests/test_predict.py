@@ -249,6 +249,14 @@ def test_a_named_checkpoint_must_exist_even_where_it_is_optional(tmp_path):
         predict.get_args(["slide.tif", "--fields", "--cls-checkpoint", str(tmp_path / "clasification_best.pth")])
 
 
+def test_fields_given_only_annotations_is_one_line(untrained_run, tmp_path, capsys):
+    """This ran on no field at all and exited 0 ("found 0 cells in 0 of 0 fields")."""
+    cv2.imwrite(str(tmp_path / "f_nuclei.png"), np.zeros((8, 8), np.uint16))
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(tmp_path / "f_nuclei.png"), "--fields", "--run-dir", str(untrained_run), "--device", "cpu"])
+    assert exit_info.value.code == 2 and "only annotations found" in capsys.readouterr().err
+
+
 def test_output_names_never_collide(tmp_path):
     paths = [tmp_path / "x" / "cell.png", tmp_path / "y" / "cell.png", tmp_path / "x" / "cell.bmp", tmp_path / "x" / "other.tif"]
     assert predict.output_names(paths) == ["x/cell.png", "y/cell", "x/cell.bmp", "x/other"]
