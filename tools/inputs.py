@@ -11,7 +11,7 @@ link, count once), follows links to folders but never around a loop, and leaves 
     Grad-CAMs beside their predictions.csv / summary.json / masks.json / metrics.json, or in a group that
     only the project writes (<name>_cyt.png, <name>_nuc.png and <name>_overlay.png together).
 
-Nothing here imports more than the standard library, so predict.py's start-up stays short.
+Nothing here imports numpy, OpenCV or torch, so predict.py's start-up stays short.
 """
 import fnmatch
 import os
