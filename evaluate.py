@@ -21,7 +21,7 @@ from tqdm import tqdm
 from tools.acceleration import resolve_device
 from tools.calibration import TEMPERATURE_RANGE
 from tools.checkpoint import load_checkpoint
-from tools.config import HelpFormatter, data_parser, positive_int
+from tools.config import HelpFormatter, check_names, data_parser, name_flag, positive_int
 from tools.data_loader import open_dataset, usable_cells
 from tools.fields.data import is_field_layout
 from tools.inference import (
@@ -33,7 +33,7 @@ from tools.inference import (
     torch_pipeline,
 )
 from tools.layouts import CellRecord, normal_class_names, read_records
-from tools.masks import PredictedMaskFiles, ground_truth_masks
+from tools.masks import MASKS_MANIFEST, PredictedMaskFiles, ground_truth_masks
 from tools.metrics import (
     SegmentationMeter,
     binary_metrics,
@@ -44,7 +44,8 @@ from tools.metrics import (
     grade_metrics,
     reliability_bins,
 )
-from tools.run_dir import RunPaths, check_writable, open_run
+from tools.inputs import mark_output_dir
+from tools.run_dir import RunPaths, open_run
 from tools.splits import manifest_sha1
 from utils.errors import UserError, exit_on_user_error
 from utils.overlays import overlay_masks
@@ -61,20 +62,20 @@ def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate the segmentation and classification checkpoints.",
                                      parents=[data_parser()], formatter_class=HelpFormatter)
     group = parser.add_argument_group("evaluation")
-    group.add_argument("--split", default="test", choices=["test", "val", "all"],
+    group.add_argument("--split", default="test", **name_flag(["test", "val", "all"]),
                        help="cells to evaluate: a split of the manifest, or every cell of --data-root (any layout)")
     group.add_argument("--seg-checkpoint", type=Path, default=None, help="default: <run-dir>/checkpoints/segmentation_best.pth")
     group.add_argument("--cls-checkpoint", type=Path, default=None, help="default: <run-dir>/checkpoints/classification_best.pth")
-    group.add_argument("--mask-source", default="predicted", choices=["predicted", "gt"], help="masks given to the classifier")
+    group.add_argument("--mask-source", default="predicted", **name_flag(["predicted", "gt"]), help="masks given to the classifier")
     group.add_argument("--masks-dir", type=Path, default=None,
                        help="score and classify with masks exported before (main_segment.py's outputs/masks, e.g. another "
                             "run's out-of-fold masks) instead of predicting them with --seg-checkpoint")
-    group.add_argument("--normal-classes", nargs="*", default=None,
+    group.add_argument("--normal-classes", nargs="+", default=None, metavar="CLASS",
                        help="classes counted as normal for the normal/abnormal metrics (default: normal_* and SIPaKMeD's normal classes)")
     group.add_argument("--class-order", nargs="+", default=None, metavar="CLASS",
                        help="the classes from least to most severe, for the grading metrics (default: the classifier's "
                             "own order; Herlev's classes are known)")
-    group.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"],
+    group.add_argument("--backend", default="auto", **name_flag(["auto", "onnx", "torch"]),
                        help="onnx: ONNX Runtime on the CPU (exported once into <run-dir>/outputs/onnx); torch: PyTorch; "
                             "auto: PyTorch on a CUDA machine, else ONNX")
     group.add_argument("--num-overlays", type=positive_int, default=12, help="cells drawn in overlays.png")
@@ -103,6 +104,28 @@ def select_records(args: argparse.Namespace, paths: RunPaths, cls_checkpoint: di
         raise UserError(f"{split.manifest_path}: the {args.split} split is empty (too few cells per class to set some "
                         f"aside); add data, or score another root with --split all")
     return split.by_split[args.split]
+
+
+def check_class_flags(args: argparse.Namespace, class_names: Sequence[str], checkpoint: Dict) -> None:
+    """--normal-classes and --class-order name the classifier's classes: a mistyped normal class would make every
+    cell abnormal (normal vs abnormal accuracy 1.0), a class missing from the order would have no grade."""
+    advice = f"name the classes as {args.cls_checkpoint} knows them"
+    check_names(args.normal_classes or [], class_names, "class", "--normal-classes", advice)
+    order = args.class_order or checkpoint.get("class_order")
+    if order:
+        source = "--class-order" if args.class_order else f"{args.cls_checkpoint}: its class_order"
+        check_names(order, class_names, "class", source, advice)
+        left_out = [name for name in class_names if name not in order]
+        twice = sorted({name for name in order if order.count(name) > 1})
+        problem = f"leaves out {', '.join(left_out)}" if left_out else f"names {', '.join(twice)} twice" if twice else None
+        if problem:
+            raise UserError(f"{source}: {problem}; list each class of {args.cls_checkpoint} once, from least to most severe")
+
+
+def check_masks_dir(masks_dir: Optional[Path]) -> None:
+    if masks_dir is not None and not (Path(masks_dir) / MASKS_MANIFEST).is_file():
+        raise UserError(f"--masks-dir {masks_dir}: no {MASKS_MANIFEST} there, so these are not masks main_segment.py "
+                        f"exported; pass a run's outputs/masks folder")
 
 
 def check_known_classes(records: Sequence[CellRecord], class_names: Sequence[str], checkpoint: Path) -> None:
@@ -248,14 +271,16 @@ def overlay_field(image: np.ndarray, cells) -> np.ndarray:
 def main(argv=None) -> None:
     args = get_args(argv)
     with open_run(args.run_dir, args.data_root) as paths:
-        check_writable(paths.eval)
+        mark_output_dir(paths.eval)
         if is_field_layout(args.layout, args.data_root):
             return evaluate_fields(args, paths)
         cls_checkpoint = load_checkpoint(args.cls_checkpoint, "classification")
+        check_masks_dir(args.masks_dir)
         if args.masks_dir:  # no segmenter to run
             pipeline = torch_pipeline(None, args.cls_checkpoint, resolve_device(args.device))[0]
         else:
             pipeline = load_pipeline(args.seg_checkpoint, args.cls_checkpoint, paths.onnx, args.backend, args.device)
+        check_class_flags(args, pipeline.class_names, cls_checkpoint)
         mask_files = PredictedMaskFiles(args.masks_dir) if args.masks_dir else None
         records = select_records(args, paths, cls_checkpoint)
         class_names = pipeline.class_names
@@ -326,6 +351,9 @@ def print_summary(results: Dict, eval_dir: Path) -> None:
             f"{pair['true']} -> {pair['predicted']} {pair['count']} ({pair['share']:.0%})" for pair in cls["most_confused"]))
     if results["normal_vs_abnormal"]:
         print(f"normal vs abnormal: accuracy {results['normal_vs_abnormal']['accuracy']:.4f}")
+    else:
+        print("normal vs abnormal: not measured, the classes are not both normal and abnormal ones (--normal-classes "
+              "names the normal ones)")
     calibration = results["calibration"]
     print(f"calibration: temperature {calibration['temperature']:.3f}  ECE {calibration['ece_before']:.4f} (T = 1) -> "
           f"{calibration['ece_after']:.4f}")

@@ -17,7 +17,8 @@ from tools.config import (
     resolve_checkpoints,
 )
 from tools.onnx_export import CHECK_BATCH_SIZES, OPSET, TOLERANCE, export_run
-from tools.run_dir import RunPaths, check_writable
+from tools.inputs import mark_output_dir
+from tools.run_dir import RunPaths
 from utils.errors import exit_on_user_error
 
 
@@ -39,7 +40,7 @@ def get_args(argv=None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv=None) -> int:
     args = get_args(argv)
-    check_writable(args.output_dir)
+    mark_output_dir(args.output_dir)
     written = export_run(args.seg_checkpoint, args.cls_checkpoint, args.output_dir, args.opset, args.check)
     for path, difference in written.values():
         print(f"wrote {path}" + (f" (onnxruntime vs PyTorch: max abs difference {difference:.2e})" if args.check else ""))

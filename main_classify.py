@@ -17,6 +17,8 @@ from tools.acceleration import resolve_device
 from tools.calibration import calibrate_checkpoints, describe_fit
 from tools.config import (
     HelpFormatter,
+    check_named_file,
+    name_flag,
     parse_stage_args,
     stage_default,
     training_parser,
@@ -32,7 +34,7 @@ def get_args(argv=None) -> argparse.Namespace:
         description="Train the 5-channel ConvNeXt cell classifier on RGB + predicted (or ground-truth) masks.",
         parents=[training_parser("classification")], formatter_class=HelpFormatter)
     group = parser.add_argument_group("classification")
-    group.add_argument("--mask-source", default="predicted", choices=["predicted", "gt"],
+    group.add_argument("--mask-source", default="predicted", **name_flag(["predicted", "gt"]),
                        help="masks given to the classifier: stage 1's predictions, or the ground truth")
     group.add_argument("--seg-checkpoint", type=Path, default=None,
                        help="stage 1 checkpoint for missing masks (default: <run-dir>/checkpoints/segmentation_best.pth)")
@@ -57,6 +59,8 @@ def get_args(argv=None) -> argparse.Namespace:
     args = parse_stage_args(parser, "classification", argv)
     if args.batch_size < 2:
         parser.error("--batch-size 1: the classifier's BatchNorm layers need at least 2 cells per training batch")
+    if args.seg_checkpoint is not None:  # read only when masks are missing, after the cells are decoded: check it now
+        check_named_file(args.seg_checkpoint, "checkpoint", "pass the segmentation checkpoint, or leave the flag out")
     return args
 
 

@@ -12,7 +12,6 @@ was predicted, 2 for a usage error or a bad checkpoint).
 """
 import argparse
 import csv
-import glob
 import json
 import os
 import sys
@@ -28,9 +27,11 @@ from tqdm import tqdm
 
 from tools.config import (
     HelpFormatter,
+    check_named_file,
     checked,
     checkpoint_parser,
     device_name,
+    name_flag,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -45,9 +46,11 @@ from tools.inference import (
     load_pipeline,
     resolve_backend,
 )
-from tools.layouts import IMAGE_EXTENSIONS, is_hidden, paired_mask_files
+from tools.fields.readers import SLIDE_EXTENSIONS
+from tools.inputs import OUTPUT_MARKER, input_files, mark_output_dir, split_pattern
+from tools.layouts import IMAGE_EXTENSIONS, paired_mask_files
 from tools.morphometry import FEATURE_NAMES, cell_measurements
-from tools.run_dir import RunLock, RunPaths, check_writable
+from tools.run_dir import RunLock, RunPaths
 from utils.console import seconds_since_process_start
 from utils.errors import UserError, exit_on_user_error
 from utils.files import write_image
@@ -69,8 +72,10 @@ def get_args(argv=None) -> argparse.Namespace:
         parents=[checkpoint_parser()], formatter_class=HelpFormatter)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (searched recursively) or glob patterns, quoted ('cells/**/*.png'); "
-                             f"folders and globs yield {', '.join(e[1:] for e in IMAGE_EXTENSIONS)} files, leaving out "
-                             f"hidden files and the masks of a paired layout (<n>N.png, <n>C.png beside <n>.bmp)")
+                             f"folders and globs yield {', '.join(e[1:] for e in IMAGE_EXTENSIONS)} files, each once, leaving "
+                             f"out hidden files, the masks of a paired layout (<n>N.png, <n>C.png beside <n>.bmp) and "
+                             f"what this project wrote (folders holding {OUTPUT_MARKER}, earlier masks and overlays); "
+                             f"with --fields also the slides {', '.join(e[1:] for e in SLIDE_EXTENSIONS)}")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="folder for the masks, overlays and tables (default: RUN_DIR/outputs/predictions; with --fields "
                              "RUN_DIR/outputs/fields)")
@@ -79,7 +84,7 @@ def get_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--explain", action="store_true",
                         help="also write <name>_gradcam.png: Grad-CAM of the predicted class on the classifier's last stage "
                              "(runs the models in PyTorch)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"],
+    parser.add_argument("--backend", default="auto", **name_flag(["auto", "onnx", "torch"]),
                         help="onnx: ONNX Runtime on the CPU, exported once into RUN_DIR/outputs/onnx and reused; torch: "
                              "PyTorch; auto: PyTorch on a CUDA machine (or --device cuda) and for --explain, else ONNX "
                              "(cells and --fields alike)")
@@ -136,6 +141,9 @@ def get_args(argv=None) -> argparse.Namespace:
     call.add_argument("--gallery", type=non_negative_int, default=50,
                       help="most suspicious cells listed in the summary and shown in the report")
     args = parser.parse_args(argv)
+    for flag in ("seg_checkpoint", "cls_checkpoint", "field_checkpoint", "instance_checkpoint"):
+        if getattr(args, flag) is not None:  # given: a typo must not pass for "no classifier" (--fields runs without one)
+            check_named_file(getattr(args, flag), "checkpoint", f"pass the checkpoint's path to --{flag.replace('_', '-')}")
     resolve_checkpoints(args)
     run = RunPaths(args.run_dir)
     args.output_dir = args.output_dir or (run.field_predictions if args.fields else run.predictions)
@@ -146,44 +154,41 @@ def get_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------- which images, under which names
 
-def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+def find_images(inputs: Sequence[str], slides: bool = False) -> List[Path]:
+    """Expand files, folders and globs into image paths, each once (tools/inputs.input_files), in the order given,
+    leaving out the masks of a paired layout (<n>N.png, <n>C.png beside <n>.bmp).
 
-
-def images_below(folder: Path, exclude: Path) -> List[Path]:
-    """Images in a folder tree, leaving out hidden files and folders, the output folder and paired-layout masks."""
-    excluded = Path(os.path.abspath(exclude))
-    found = []
-    for current, folders, files in os.walk(folder):
-        folders[:] = sorted(f for f in folders if not is_hidden(Path(f)) and Path(os.path.abspath(current), f) != excluded)
-        images = [Path(current, f) for f in sorted(files) if not is_hidden(Path(f)) and is_image(Path(f))]
-        masks = paired_mask_files(images)
-        found += [image for image in images if image not in masks]
-    return found
-
-
-def find_images(inputs: Sequence[str], exclude: Path) -> List[Path]:
-    """Expand files, folders and globs into image paths, each once, in the order given.
-
-    A named file is taken whatever its extension (OpenCV reads the bytes, not the name); an input that
-    yields nothing is a usage error: it is most likely a typo.
+    A named file is taken whatever its extension (OpenCV reads the bytes, not the name); an input that yields
+    nothing is a usage error: it is most likely a typo. With `slides` (--fields), folders and globs also yield
+    whole-slide files (SLIDE_EXTENSIONS), and the .dcm files of one folder are one DICOM slide.
     """
-    found: Dict[str, Path] = {}
+    images = input_files(inputs, IMAGE_EXTENSIONS + (SLIDE_EXTENSIONS if slides else ()))
+    masks = paired_mask_files(images)  # each beside its image, which stays: never all of them
+    return one_per_dicom_folder([image for image in images if image not in masks])
+
+
+def one_per_dicom_folder(paths: Sequence[Path]) -> List[Path]:
+    """A DICOM whole-slide image is a folder of .dcm files, one per level; OpenSlide opens it from any of them."""
+    seen, kept = set(), []
+    for path in paths:
+        if path.suffix.lower() == ".dcm":
+            if path.parent in seen:
+                continue
+            seen.add(path.parent)
+        kept.append(path)
+    return kept
+
+
+def check_outputs_apart(inputs: Sequence[str], output_dir: Path) -> None:
+    """The masks and overlays must not land among the input images, where a later run would take them as cells."""
+    output = Path(output_dir).resolve()
     for text in inputs:
-        path = Path(text)
-        is_pattern = not path.exists() and any(char in text for char in "*?[")
-        matches = sorted(Path(p) for p in glob.glob(text, recursive=True)) if is_pattern else [path]
-        images = []
-        for match in matches:
-            if match.is_dir():
-                images += images_below(match, exclude)
-            elif match.is_file() and (is_image(match) or not is_pattern):
-                images.append(match)
-        if not images:
-            raise UserError(f"{text}: no such file, or no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} image found there; check the path")
-        for image in images:
-            found.setdefault(os.path.abspath(image), image)
-    return list(found.values())
+        if Path(text).is_file():
+            continue  # a named file stays where it is, whatever is written beside it
+        folder = Path(text) if Path(text).is_dir() else split_pattern(text)[0]  # find_images took it: a folder or a glob
+        if folder.resolve().is_relative_to(output):
+            raise UserError(f"--output-dir {output_dir}: it holds the input folder {folder}, so the masks and overlays "
+                            f"would land among the images; pass an --output-dir outside the inputs")
 
 
 def output_names(images: Sequence[Path]) -> List[str]:
@@ -363,14 +368,18 @@ def write_run_tables(args: argparse.Namespace, screening, backend: str, seconds:
 def main(argv=None) -> int:
     """Returns the exit code: 0 when every image was predicted, 1 when some could not be read."""
     args = get_args(argv)
-    paths = find_images(args.inputs, exclude=args.output_dir)
+    paths = find_images(args.inputs, slides=args.fields)
+    check_outputs_apart(args.inputs, args.output_dir)
     names = output_names(paths)
     if args.fields:
         from tools.fields.layouts import is_isbi_annotation
 
         kept = [(path, name) for path, name in zip(paths, names) if not is_isbi_annotation(path)]  # masks beside fields
         paths, names = [path for path, _ in kept], [name for _, name in kept]
-        check_writable(args.output_dir)
+        if not paths:
+            raise UserError(f"{' '.join(args.inputs)}: only annotations found (<name>_cellKK.png, <name>_nuclei.png); "
+                            f"pass the field images")
+        mark_output_dir(args.output_dir)
         with RunLock(args.output_dir):
             return predict_fields(args, paths, names)
     backend = resolve_backend("torch" if args.explain else args.backend, args.device)
@@ -381,7 +390,7 @@ def main(argv=None) -> int:
     threads = args.threads or max(1, len(os.sched_getaffinity(0)) // workers)
     pipeline = load_pipeline(args.seg_checkpoint, args.cls_checkpoint, RunPaths(args.run_dir).onnx, backend, args.device,
                              threads)
-    check_writable(args.output_dir)
+    mark_output_dir(args.output_dir)
     start_up, started = seconds_since_process_start(), time.perf_counter()
 
     rows, failed = [], []

@@ -40,8 +40,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/field_speed.py`: the repo's packages are one folder up
 
 from benchmarks.herlev import git_commit  # noqa: E402
+from tools.config import name_flag  # noqa: E402
 from tools.fields.segment import load_field_models, segment_field  # noqa: E402
+from tools.inputs import input_files  # noqa: E402
+from tools.layouts import IMAGE_EXTENSIONS  # noqa: E402
 from tools.run_dir import RunPaths  # noqa: E402
+from utils.errors import exit_on_user_error  # noqa: E402
 from utils.files import write_image  # noqa: E402
 from utils.preprocessing import read_image  # noqa: E402
 
@@ -53,11 +57,11 @@ def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, required=True, help="run folder with checkpoints/fields_best.pth and instances_best.pth")
     parser.add_argument("--field", type=Path, nargs="*", default=[],
-                        help="image(s) tiled into the field (default: a generated demo cluster image)")
+                        help="images, folders or glob patterns tiled into the field (default: a generated demo cluster image)")
     parser.add_argument("--width", type=int, default=2048, help="field width in px")
     parser.add_argument("--height", type=int, default=1536, help="field height in px")
     parser.add_argument("--repeats", type=int, default=3, help="timed segment_field runs per backend (the median is reported)")
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS, help="backends to time")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), **name_flag(BACKENDS), help="backends to time")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="ONNX Runtime and PyTorch threads (default: the cores this process may use)")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles or cell windows per forward pass")
@@ -126,11 +130,11 @@ def write_big_tiff(path: Path, field: np.ndarray, side: int, sparse: bool = Fals
 
 def source_images(paths: Sequence[Path], workdir: Path) -> List[np.ndarray]:
     if paths:
-        return [read_image(path) for path in paths]
+        return [read_image(path) for path in input_files(paths, IMAGE_EXTENSIONS)]
     from tools.demo_data import make_demo_dataset
 
     demo = make_demo_dataset(workdir / "demo", clusters_per_class=2, seed=0)
-    return [read_image(path) for path in sorted(demo.glob("im_*/im_*/002.bmp"))]  # the crowded clusters
+    return [read_image(path) for path in input_files([f"{demo}/im_*/im_*/002.bmp"])]  # the crowded clusters
 
 
 # ---------------------------------------------------------------- 1. segment_field alone
@@ -246,6 +250,7 @@ def markdown_table(results: Dict) -> str:
     return "\n".join(lines + ["", f"Command: `{results['command']}`", ""])
 
 
+@exit_on_user_error
 def main(argv=None) -> Dict:
     args = get_args(argv)
     machine = f"CPU, {args.threads} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"

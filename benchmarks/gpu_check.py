@@ -36,6 +36,8 @@ import torch  # noqa: E402
 
 from benchmarks.herlev import git_commit, read_metrics, run  # noqa: E402
 from tools.acceleration import resolve_device  # noqa: E402
+from tools.config import backbone_name, device_name  # noqa: E402
+from tools.inputs import mark_output_dir  # noqa: E402
 from utils.errors import UserError, exit_on_user_error  # noqa: E402
 
 SPEED_FLAGS_OFF = ["--amp", "off", "--no-channels-last", "--no-fused-adamw", "--no-cudnn-benchmark"]
@@ -49,8 +51,8 @@ def get_args(argv=None) -> argparse.Namespace:
                         help="folder for the run (run/), the log, the JSON and the Markdown table")
     parser.add_argument("--output-json", type=Path, default=None, help="results file (default: <output-dir>/gpu_check.json)")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs of each stage")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N, passed to every script")
-    parser.add_argument("--backbone", default=None, help="timm backbone of both models (default: the stages', convnext_tiny)")
+    parser.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda or cuda:N, passed to every script")
+    parser.add_argument("--backbone", default=None, type=backbone_name, help="timm backbone of both models (default: the stages', convnext_tiny)")
     parser.add_argument("--img-size", type=int, default=None, help="input side in px (default: the stages', 256)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch of both stages (default: each stage's own)")
     parser.add_argument("--decoder-channels", type=int, nargs=3, default=None, metavar=("D16", "D8", "D4"),
@@ -111,7 +113,7 @@ def main(argv=None) -> Dict:
     if not data_root.is_dir():
         raise UserError(f"{args.data_root}: no such folder; pass --data-root with the Herlev set (or any data root with masks)")
     run_dir, log = out / "run", out / "gpu_check.log"
-    out.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(out)
     log.unlink(missing_ok=True)
     # evaluate.py takes the model and its size from the checkpoints, and keeps its own batch size
     loader = given_flags(args, ["--device", "--workers"])

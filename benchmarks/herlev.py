@@ -27,8 +27,11 @@ from typing import Dict, List
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/herlev.py`: the repo's packages are one folder up
 
+from tools.config import PRESETS, name_flag  # noqa: E402
+from tools.inputs import mark_output_dir  # noqa: E402
 from tools.layouts import read_records  # noqa: E402
-from tools.splits import cross_validation_manifests  # noqa: E402
+from tools.splits import cross_validation_manifests, load_split  # noqa: E402
+from utils.errors import exit_on_user_error  # noqa: E402
 
 METRICS = {  # name in results -> (section of metrics.json, key)
     "accuracy": ("classification", "accuracy"), "macro_f1": ("classification", "macro_f1"),
@@ -48,7 +51,7 @@ def get_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cv", type=int, default=0, metavar="K", help="K-fold cross-validation instead of the fixed split")
     parser.add_argument("--masks-from", type=Path, default=None,
                         help="with --cv: a run folder whose outputs/masks serve every fold (no segmentation)")
-    parser.add_argument("--preset", default="cpu", help="preset passed to every training script")
+    parser.add_argument("--preset", default="cpu", **name_flag(sorted(PRESETS)), help="preset passed to every training script")
     parser.add_argument("classify_flags", nargs=argparse.REMAINDER, help="after --: flags for main_classify.py")
     args = parser.parse_args(argv)
     args.classify_flags = [flag for flag in args.classify_flags if flag != "--"]
@@ -101,6 +104,8 @@ def one_run(args, run_dir: Path, split_file: Path, seed: int, log: Path, times: 
 def fixed_split(args, out: Path, log: Path, times: Dict) -> Dict:
     """One segmenter, one classifier per seed (predicted masks), one on ground-truth masks."""
     split_file = out / "splits" / "herlev.json"
+    records, layout = read_records(args.data_root)
+    load_split(records, split_file, args.data_root, layout)  # made once here: the scripts take only an existing one
     rows = []
     for seed in args.seeds:
         first = seed == args.seeds[0]
@@ -130,10 +135,11 @@ def git_commit() -> str:
     return (result.stdout.strip() or "unknown") + ("+changes" if dirty.stdout.strip() else "")
 
 
+@exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
     out = args.output_dir.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(out)
     times: Dict[str, float] = {}
     results = (cross_validation if args.cv else fixed_split)(args, out, out / "benchmark.log", times)
     results.update(command=" ".join(["python", "benchmarks/herlev.py", *sys.argv[1:]]), commit=git_commit(),

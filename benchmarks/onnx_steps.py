@@ -33,6 +33,7 @@ from tools.inference import FLIPS, CellPipeline, OnnxBackend, batched, onnx_pipe
 from tools.layouts import read_records  # noqa: E402
 from tools.run_dir import RunPaths  # noqa: E402
 from tools.splits import read_manifest  # noqa: E402
+from utils.errors import exit_on_user_error  # noqa: E402
 
 LEVELS = ("disable", "basic", "extended", "all")
 STAGES = ("segmentation", "classification")
@@ -171,6 +172,7 @@ def markdown_table(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+@exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
     rows = measure(args)

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from predict import find_images  # noqa: E402
+from utils.errors import exit_on_user_error  # noqa: E402
 
 BACKENDS = ("onnx", "torch")
 
@@ -40,7 +41,7 @@ def get_args(argv=None) -> argparse.Namespace:
 
 def stage_images(source: Path, count: int, folder: Path) -> None:
     """`count` copies of the images below `source`, cycling, named uniquely."""
-    images = find_images([str(source)], exclude=folder)
+    images = find_images([str(source)])
     for index in range(count):
         image = images[index % len(images)]
         shutil.copy(image, folder / f"{index:05d}{image.suffix.lower()}")
@@ -80,6 +81,7 @@ def markdown_table(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+@exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
     rows = measure(args)

@@ -61,7 +61,7 @@ from tools.acceleration import (  # noqa: E402
     to_device,
     wrap_for_training,
 )
-from tools.config import HelpFormatter, parse_stage_args, training_parser  # noqa: E402
+from tools.config import HelpFormatter, name_flag, parse_stage_args, training_parser  # noqa: E402
 from tools.data_loader import (  # noqa: E402
     ClassificationDataset,
     SegmentationDataset,
@@ -89,7 +89,7 @@ def get_args(argv=None) -> Dict[str, argparse.Namespace]:
                "--cache-dir is not used: cells are decoded before the loader is timed.")
     parser.set_defaults(data_root=None)  # None: generate a demo set in a temporary folder
     group = parser.add_argument_group("throughput")
-    group.add_argument("--stage", default="both", choices=[*STAGES, "both"], help="model(s) to measure")
+    group.add_argument("--stage", default="both", **name_flag([*STAGES, "both"]), help="model(s) to measure")
     group.add_argument("--decoder-channels", type=int, nargs=3, default=None, metavar=("D16", "D8", "D4"),
                        help="segmentation decoder widths at strides 16/8/4 (default: the stage's, see --preset)")
     group.add_argument("--steps", type=int, default=20, help="timed steps per measurement (the median is reported)")

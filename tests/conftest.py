@@ -8,9 +8,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tools.config import CELL_CACHE_ENV
 from tools.demo_data import make_demo_dataset
+
+# Property tests (tests/hostile.py): few examples, the same ones every run (a suite that passes keeps passing), no
+# time limit per example (the machine is shared). HYPOTHESIS_PROFILE=explore hunts with many new ones.
+settings.register_profile("suite", max_examples=12, deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,11 +4,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_checkpoints import save_untrained_classification
 
 from tools.checkpoint import (
     RunState,
     check_resume_compatible,
     load_checkpoint,
+    load_model,
     restore_rng_states,
     rng_states,
     save_checkpoint,
@@ -38,9 +40,9 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path):
 
 
 def test_load_checkpoint_missing_file(tmp_path):
-    with pytest.raises(UserError, match=r"nothing\.pth: checkpoint not found.*segmentation"):
+    with pytest.raises(UserError, match=r"nothing\.pth: no such file, unknown checkpoint 'nothing\.pth' \(known: none\); train the segmentation"):
         load_checkpoint(tmp_path / "nothing.pth", "segmentation")
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(UserError, match="is a folder, not a checkpoint"):
         load_checkpoint(tmp_path, "segmentation")  # a folder is not a checkpoint
 
 
@@ -65,6 +67,22 @@ def test_load_checkpoint_of_the_other_stage(tmp_path):
         load_checkpoint(tmp_path / "tensor.pth", "segmentation")
 
 
+
+
+@pytest.mark.parametrize("edit,fragment", [
+    (lambda state: state.pop("args"), "the checkpoint lacks args, args.img_size; retrain"),
+    (lambda state: state.pop("class_names"), "the checkpoint lacks class_names"),
+    (lambda state: state["model_config"].update(backbone="test_convnxt"),
+     "unknown backbone 'test_convnxt'; did you mean test_convnext? (known: see timm.list_models()) in its model_config"),
+], ids=["no_args", "no_classes", "backbone"])
+def test_load_model_refuses_a_checkpoint_that_does_not_describe_a_model(tmp_path, edit, fragment):
+    path = save_untrained_classification(tmp_path / "classification_best.pth")
+    state = torch.load(path, weights_only=False)
+    edit(state)
+    torch.save(state, path)
+    with pytest.raises(UserError) as error:
+        load_model(path, "classification", torch.device("cpu"))
+    assert str(error.value).startswith(f"{path}: ") and fragment in str(error.value)
 
 
 def test_resume_with_other_classes_is_refused():

@@ -584,6 +584,11 @@ OUT_OF_RANGE = "is out of range; expected"
     ("segment", ["--split-seed", "-3"], f"argument --split-seed: -3 {OUT_OF_RANGE} a whole number >= 0"),
     ("evaluate", ["--batch-size", "0"], f"argument --batch-size: 0 {OUT_OF_RANGE} a whole number >= 1"),
     ("evaluate", ["--device", "gpu"], "argument --device: unknown 'gpu'; did you mean cuda?"),
+    ("segment", ["--layout", "paird"], "argument --layout: unknown 'paird'; did you mean paired? (known: auto, sipakmed, "),
+    ("classify", ["--preset", "cpuu"], "argument --preset: unknown 'cpuu'; did you mean cpu? (known: cpu)"),
+    ("evaluate", ["--mask-source", "predcted"], "argument --mask-source: unknown 'predcted'; did you mean predicted? "
+                                                "(known: predicted, gt)"),
+    ("evaluate", ["--normal-classes"], "argument --normal-classes: expected at least one argument"),
 ])
 def test_out_of_range_flags_stop_at_the_command_line(paired_root, tmp_path, capsys, script, flags, fragment):
     out = tmp_path / "run"
@@ -603,6 +608,56 @@ def test_read_only_output_folder(paired_root, tmp_path, capsys):
                           "locked", "output folder cannot be written", "pass a writable --run-dir")
     finally:
         locked.chmod(0o700)
+
+
+# ---------------------------------------------------------------- names: each is checked against what exists, first
+
+def test_a_mistyped_normal_class_is_refused_not_counted_as_abnormal(paired_root, trained, tmp_path, capsys):
+    """The reported case: with the folder normal_superficiel, --normal-classes normal_superficial counted no class as
+    normal and reported "normal vs abnormal: accuracy 1.0000"."""
+    out = tmp_path / "run"
+    expect_user_error(capsys, evaluate.main, evaluate_args(paired_root, out, trained, "--split", "all",
+                                                           "--normal-classes", "normall"),
+                      "--normal-classes: unknown class 'normall'; did you mean normal? (known: abnormal, normal)",
+                      "name the classes as", "classification_best.pth knows them")
+    assert not (out / "outputs" / "eval" / "metrics.json").exists()
+    run(evaluate.main, evaluate_args(paired_root, out, trained, "--split", "all", "--normal-classes", "normal"))
+    confusion = read_metrics(out)["normal_vs_abnormal"]["confusion_matrix"]  # [[TN, FP], [FN, TP]], abnormal positive
+    assert [sum(row) for row in confusion] == [6, 6]  # 6 normal cells counted as normal (before: none)
+
+
+@pytest.mark.parametrize("flags,fragments", [
+    (["--class-order", "normal", "abnormall"], ["--class-order: unknown class 'abnormall'; did you mean abnormal?"]),
+    (["--class-order", "normal"], ["--class-order: leaves out abnormal", "list each class of"]),
+    (["--class-order", "normal", "abnormal", "normal"], ["--class-order: names normal twice"]),
+    (["--masks-dir", "{tmp}"], ["--masks-dir {tmp}: no masks.json there", "pass a run's outputs/masks folder"]),
+    (["--split-file", "{tmp}/herlev.jsn"], ["herlev.jsn: no such file, unknown split manifest 'herlev.jsn'",
+                                             "pass an existing manifest to --split-file"]),
+    (["--seg-checkpoint", "{checkpoints}/segmentaton_best.pth"],
+     ["segmentaton_best.pth: no such file, unknown checkpoint 'segmentaton_best.pth'; did you mean segmentation_best.pth? "
+      "(known: classification_best.pth, classification_last.pth, segmentation_best.pth, segmentation_last.pth); train"]),
+], ids=["order_typo", "order_short", "order_twice", "masks_dir", "split_file", "checkpoint"])
+def test_evaluate_checks_every_name_before_scoring(paired_root, trained, tmp_path, capsys, flags, fragments):
+    names = {"tmp": tmp_path, "checkpoints": trained}
+    argv = evaluate_args(paired_root, tmp_path / "run", trained, *[flag.format(**names) for flag in flags])
+    expect_user_error(capsys, evaluate.main, argv, *[fragment.format(**names) for fragment in fragments])
+    assert not (tmp_path / "run" / "outputs" / "eval" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("script,flags,fragments", [
+    ("segment", ["--split-file", "{tmp}/split.json"], ["split.json: no such file, unknown split manifest", "leave the flag out"]),
+    ("segment", ["--resume"], ["no such file, unknown checkpoint 'segmentation_last.pth' (known: none); drop --resume"]),
+    ("classify", ["--seg-checkpoint", "{tmp}/seg.pth"], ["seg.pth: no such file, unknown checkpoint 'seg.pth'"]),
+    ("segment", ["--nuc-suffix", "_nuc.png"], ["--nuc-suffix: unknown mask suffix '_nuc.png'", "(known: C.png, N.png)"]),
+], ids=["split_file", "resume", "seg_checkpoint", "suffix"])
+def test_training_checks_every_name_before_training(paired_root, tmp_path, capsys, script, flags, fragments):
+    """A mistyped --nuc-suffix read a Herlev root as labels-only and trained its masks as cells; the others failed late
+    (after the cells were decoded), or made a new split."""
+    out = tmp_path / "run"
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    argv = segment_args(paired_root, out, *flags) if script == "segment" else classify_args(paired_root, out, *flags)
+    expect_user_error(capsys, main_segment.main if script == "segment" else main_classify.main, argv, *fragments)
+    assert not RunPaths(out).checkpoints.exists() and not (tmp_path / "split.json").exists()
 
 
 # ---------------------------------------------------------------- --skip-bad

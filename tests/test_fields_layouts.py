@@ -1,11 +1,15 @@
 """Behaviour of tools/fields/layouts.py on tiny ISBI 2014- and SIPaKMeD-like fields written into tmp_path."""
 import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
+import hostile
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from tools.fields.layouts import (
     detect_field_layout,
@@ -237,3 +241,63 @@ def test_sipakmed_reader_ignores_isbi_files_and_the_other_way_round(tmp_path):
     sipakmed = write_sipakmed_root(tmp_path / "sipakmed")
     isbi = write_isbi_root(tmp_path / "isbi")
     assert read_isbi2014(sipakmed) == [] and read_sipakmed_fields(isbi) == []
+
+
+# ---------------------------------------------------------------- generated hostile annotations (tests/hostile.py)
+
+NUCLEUS_LABEL_FAULTS = ("labels", "binary", "empty", "colour", "float", "wrong_size", "negative", "one_bit", "missing")
+
+
+def nucleus_labels(shape, fault: str):
+    """A nucleus label image of `shape` with one of NUCLEUS_LABEL_FAULTS, and the suffix to store it with."""
+    disc = hostile.draw_mask(shape, "none", radius_share=0.2) > 0
+    labels = {"labels": disc.astype(np.uint16) * 3, "binary": disc.astype(np.uint8) * 255,
+              "empty": np.zeros(shape, np.uint16), "colour": np.dstack([disc.astype(np.uint8) * 255] * 3),
+              "float": disc.astype(np.float32), "wrong_size": np.zeros((shape[0] + 1, shape[1]), np.uint16),
+              "negative": disc.astype(np.int16) - 1, "one_bit": disc, "missing": None}[fault]
+    return labels, ".png" if fault in ("labels", "binary", "empty", "colour", "wrong_size") else ".tif"
+
+
+@settings(max_examples=hostile.examples(30))
+@given(st.integers(1, 40), st.integers(1, 40), st.sampled_from(NUCLEUS_LABEL_FAULTS),
+       st.lists(st.sampled_from(hostile.MASK_FAULTS), max_size=3))
+def test_generated_isbi_annotations_give_fields_or_one_line(height, width, nucleus_fault, cell_faults):
+    """ISBI fields whose nucleus labels and cell masks are empty, full, colour, float, 1-bit, of another size..."""
+    with tempfile.TemporaryDirectory() as folder:
+        field = Path(folder) / "isbi" / "edf"
+        field.mkdir(parents=True)
+        cv2.imwrite(str(field / "f.png"), np.full((height, width), 200, np.uint8))
+        labels, suffix = nucleus_labels((height, width), nucleus_fault)
+        if labels is not None:
+            tifffile.imwrite(field / f"f_nuclei{suffix}", labels) if suffix == ".tif" else \
+                cv2.imwrite(str(field / f"f_nuclei{suffix}"), labels)
+        for number, fault in enumerate(cell_faults, start=1):
+            cv2.imwrite(str(field / f"f_cell{number:02d}.png"), hostile.draw_mask((height, width), fault, number))
+        try:
+            records, _ = read_fields(field.parent)
+        except UserError as error:
+            assert str(error).startswith(str(field.parent)), error  # a file of the field, or the root (nothing found)
+            return
+        for sample in map(load_field, records):
+            assert sample.image.shape == (height, width, 3)
+            assert sample.nuc_labels is None or (sample.nuc_labels.shape == (height, width) and sample.nuc_labels.min() >= 0)
+            assert all(mask.shape == (height, width) and mask.any() for mask in sample.cell_masks or [])
+
+
+@settings(max_examples=hostile.examples(30))
+@given(hostile.polygon_text, hostile.polygon_text, st.integers(1, 40), st.integers(1, 40))
+@example("1,1\n1,1\n1,1\n", "", 20, 20)  # a cell of one pixel
+def test_generated_polygon_files_give_fields_or_one_line(cyt_text, nuc_text, height, width):
+    with tempfile.TemporaryDirectory() as folder:
+        inner = Path(folder) / "sipakmed" / "im_Bad" / "im_Bad"
+        inner.mkdir(parents=True)
+        cv2.imwrite(str(inner / "001.bmp"), np.full((height, width, 3), 200, np.uint8))
+        (inner / "001_cyt01.dat").write_text(cyt_text, encoding="utf-8")
+        (inner / "001_nuc01.dat").write_text(nuc_text, encoding="utf-8")
+        try:
+            records, _ = read_fields(inner.parent.parent)
+        except UserError as error:
+            assert str(error).startswith(str(inner)), error
+            return
+        sample = load_field(records[0])
+        assert all(mask.shape == (height, width) and mask.any() for mask in sample.cell_masks)

@@ -4,10 +4,16 @@ The fake field model marks dark pixels of the (normalised) tile it is given: nuc
 lighter, the background as light as the padding. The fake instance model answers every window with a disc of a
 known radius around the marked nucleus. So each drawn disc cell must come back once, whole, wherever it lies.
 """
+import tempfile
+from pathlib import Path
+
 import cv2
+import hostile
 import numpy as np
 import pytest
 import tifffile
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import tools.fields.segment
 
@@ -26,7 +32,8 @@ from tools.fields.segment import (
 )
 from tools.inference import CellPipeline
 from tools.layouts import CLUSTER_CROP_MARGIN
-from utils.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PAD_RGB, normalize_image
+from utils.errors import UserError
+from utils.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PAD_RGB, normalize_image, read_image
 
 CELL_RADIUS, NUCLEUS_RADIUS = 12, 5  # a nucleus of 81 px: the median nucleus (FieldModels.nucleus_px 11)
 LOGIT = 20.0
@@ -327,3 +334,23 @@ def test_classify_cells_sets_each_cells_probabilities_from_its_own_crop():
         assert cell.probs.shape == (2,) and np.isclose(cell.probs.sum(), 1.0)
     left, right = sorted(cells, key=lambda cell: cell.box[0])
     assert left.probs[1] > 0.9 and right.probs[0] > 0.9
+
+
+# ---------------------------------------------------------------- generated hostile fields (tests/hostile.py)
+
+@settings(max_examples=hostile.examples(40))
+@given(hostile.images(max_side=30))
+@example(hostile.GeneratedImage(np.array([[[127, 53]]], np.uint8), ".tif"))  # mapped: cv2.error on 2 channels
+@example(hostile.GeneratedImage(np.zeros((3, 5, 4), np.uint8), ".tif", planar=True))  # mapped as 3 x 5, 4 wide
+def test_generated_fields_open_as_every_reader_reads_them(image):
+    """Whatever open_field maps by regions reads as the whole image does, or both refuse the file in one line."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = image.write(Path(folder) / "field")
+        try:
+            whole = read_image(path)
+        except UserError:
+            with pytest.raises(UserError, match=str(path)):
+                open_field(path)
+            return
+        read, shape, _ = open_field(path)
+        assert shape == whole.shape[:2] and np.array_equal(read(0, 0, *shape), whole)

@@ -6,18 +6,30 @@ import json
 import os
 import re
 import socket
+import tempfile
 from pathlib import Path
 
 import cv2
+import hostile
 import numpy as np
 import pytest
-from tiny_checkpoints import DEMO_CLASSES, save_untrained_classification
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from tiny_checkpoints import (
+    DEMO_CLASSES,
+    save_untrained_checkpoints,
+    save_untrained_classification,
+    save_untrained_field_models,
+)
 
 import main_segment
 import predict
+import tools.fields.segment
 from tools.inference import CellPrediction
+from tools.inputs import OUTPUT_MARKER
 from tools.morphometry import FEATURE_NAMES
 from utils.errors import UserError
+from utils.preprocessing import read_image
 
 TEMPERATURE = 2.0
 GOOD_NAMES = ["a/cell", "b/cell", "gray", "deep/cell16"]
@@ -139,7 +151,7 @@ def test_all_readable_exits_zero_and_explain_is_optional(run_dir, input_dir, tmp
                            "--output-dir", str(tmp_path), "--device", "cpu"])
     assert code == 0
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*")) == [
-        "a/cell_cyt.png", "a/cell_nuc.png", "a/cell_overlay.png", "gray_cyt.png", "gray_nuc.png", "gray_overlay.png",
+        OUTPUT_MARKER, "a/cell_cyt.png", "a/cell_nuc.png", "a/cell_overlay.png", "gray_cyt.png", "gray_nuc.png", "gray_overlay.png",
         "predictions.csv", "predictions.json"]
 
 
@@ -165,24 +177,49 @@ def test_bad_checkpoint_is_a_usage_error(run_dir, input_dir, tmp_path, capsys):
     assert "expected segmentation" in capsys.readouterr().err
 
 
-def test_find_images_walks_folders_and_globs_and_skips_earlier_outputs(input_dir, tmp_path):
-    outputs = input_dir / "outputs"  # predictions written inside an input folder must not come back as inputs
-    found = predict.find_images([str(input_dir)], exclude=outputs)
+def test_find_images_walks_folders_and_globs(input_dir):
+    found = predict.find_images([str(input_dir)])
     assert sorted(p.relative_to(input_dir).as_posix() for p in found) == [
         "a/cell.png", "b/cell.png", "broken.png", "deep/cell16.tif", "gray.bmp"]
-    assert [p.name for p in predict.find_images([str(input_dir / "*" / "*.png")], exclude=outputs)] == ["cell.png", "cell.png"]
+    assert [p.name for p in predict.find_images([str(input_dir / "*" / "*.png")])] == ["cell.png", "cell.png"]
     with pytest.raises(UserError, match="nowhere.png"):
-        predict.find_images([str(input_dir / "nowhere.png")], exclude=outputs)
+        predict.find_images([str(input_dir / "nowhere.png")])
 
 
 def test_find_images_leaves_out_the_masks_of_a_paired_layout(paired_root, tmp_path):
-    found = predict.find_images([str(paired_root)], exclude=tmp_path / "outputs")
+    found = predict.find_images([str(paired_root)])
     assert sorted(p.relative_to(paired_root).as_posix() for p in found) == [
         f"{c}/{n}.BMP" for c in ("abnormal", "normal") for n in range(1, 7)]
     lone = tmp_path / "lone"
     lone.mkdir()
     cv2.imwrite(str(lone / "7N.png"), np.zeros((4, 4), np.uint8))  # no 7.bmp beside it: an image like any other
-    assert [p.name for p in predict.find_images([str(lone)], exclude=tmp_path / "outputs")] == ["7N.png"]
+    assert [p.name for p in predict.find_images([str(lone)])] == ["7N.png"]
+
+
+def test_a_link_loop_and_earlier_outputs_give_each_image_once(run_dir, input_dir, tmp_path):
+    """The reported case: DIR/back -> DIR made 'DIR/**/*.png' predict one image 41 times. A second run into an output
+    folder inside the inputs must not take the first run's masks and overlays for cells either."""
+    cells = tmp_path / "cells"
+    (cells / "deep").mkdir(parents=True)
+    cv2.imwrite(str(cells / "deep" / "cell.png"), cv2.imread(str(input_dir / "a" / "cell.png")))
+    (cells / "back").symlink_to(cells)
+    output_dir = cells / "predictions"
+    for _ in range(2):
+        code, _ = run_predict([f"{cells}/**/*.png", "--run-dir", str(run_dir), "--output-dir", str(output_dir),
+                               "--device", "cpu"])
+        assert code == 0 and [row["name"] for row in read_csv(output_dir / "predictions.csv")] == ["cell"]
+
+
+@pytest.mark.parametrize("inside", ["", "deep"])
+def test_an_output_folder_holding_the_inputs_is_refused(run_dir, tmp_path, capsys, inside):
+    cells = tmp_path / "cells"
+    (cells / "deep").mkdir(parents=True)
+    cv2.imwrite(str(cells / "deep" / "cell.png"), np.full((20, 20, 3), 200, np.uint8))
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(cells / inside), "--run-dir", str(run_dir), "--output-dir", str(cells), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert f"--output-dir {cells}: it holds the input folder" in capsys.readouterr().err
+    assert not (cells / "predictions.csv").exists()
 
 
 def test_the_output_folder_is_locked_while_predicting(run_dir, input_dir, tmp_path, capsys):
@@ -202,6 +239,22 @@ def test_outputs_default_into_the_run_folder_cells_and_fields_apart(tmp_path):
     assert fields.output_dir == tmp_path / "outputs" / "fields"
     assert fields.field_checkpoint == tmp_path / "checkpoints" / "fields_best.pth"
     assert fields.instance_checkpoint == tmp_path / "checkpoints" / "instances_best.pth"
+
+
+def test_a_named_checkpoint_must_exist_even_where_it_is_optional(tmp_path):
+    """--fields segments without classifying when the run has no classifier; a mistyped --cls-checkpoint is not that."""
+    (tmp_path / "classification_best.pth").write_bytes(b"")
+    with pytest.raises(UserError, match=r"clasification_best.pth: no such file, unknown checkpoint 'clasification_best.pth'; "
+                                        r"did you mean classification_best.pth\?"):
+        predict.get_args(["slide.tif", "--fields", "--cls-checkpoint", str(tmp_path / "clasification_best.pth")])
+
+
+def test_fields_given_only_annotations_is_one_line(untrained_run, tmp_path, capsys):
+    """This ran on no field at all and exited 0 ("found 0 cells in 0 of 0 fields")."""
+    cv2.imwrite(str(tmp_path / "f_nuclei.png"), np.zeros((8, 8), np.uint16))
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(tmp_path / "f_nuclei.png"), "--fields", "--run-dir", str(untrained_run), "--device", "cpu"])
+    assert exit_info.value.code == 2 and "only annotations found" in capsys.readouterr().err
 
 
 def test_output_names_never_collide(tmp_path):
@@ -232,3 +285,73 @@ def test_help_explains_every_flag(capsys):
     for flag in ("--run-dir", "--seg-checkpoint", "--cls-checkpoint", "--output-dir", "--batch-size", "--device", "--explain"):
         assert explained[flag] >= 5, f"{flag} has no help"
     assert "glob" in help_text.split("options:")[0]  # the positional INPUT is explained too
+
+
+# ---------------------------------------------------------------- generated hostile inputs (tests/hostile.py)
+
+@pytest.fixture(scope="module")
+def untrained_run(tmp_path_factory):
+    """A run folder with untrained tiny models of both stages and both field models (no training: seconds)."""
+    run = tmp_path_factory.mktemp("untrained_run")
+    save_untrained_checkpoints(run / "checkpoints")
+    save_untrained_field_models(run / "checkpoints")
+    return run
+
+
+def write_inputs(folder: Path, images) -> list:
+    """The generated images written into `folder`; returns (path, whether a reader must decode it) per image."""
+    folder.mkdir()
+    return [(image.write(folder / f"image{index}"), image.readable) for index, image in enumerate(images)]
+
+
+def assert_named_once_each(stderr: str, written) -> None:
+    """Each unreadable image named in one line, the readable ones not at all, and no traceback."""
+    assert "Traceback" not in stderr
+    for path, readable in written:
+        assert sum(f"skipped {path}: " in line for line in stderr.splitlines()) == (0 if readable else 1), stderr
+
+
+@settings(max_examples=hostile.examples(8))
+@given(st.lists(hostile.images(max_side=40), min_size=1, max_size=3))
+@example([hostile.GeneratedImage(np.full((1, 1, 3), 200, np.uint8), ".png"),  # one pixel
+          hostile.GeneratedImage(np.full((5, 1), np.nan, np.float32), ".tif")])
+@example([hostile.GeneratedImage(np.full((9, 9, 3), 90, np.uint8), ".jpg", damage="cut")])  # was predicted on grey fill
+def test_generated_cells_give_a_row_each_or_one_named_line(untrained_run, images):
+    """Cells of any size, depth and format, some unreadable: masks at each image's size, probabilities, finite
+    measurements, exit code 1 with each unreadable image named once."""
+    with tempfile.TemporaryDirectory() as folder:
+        written, output = write_inputs(Path(folder) / "cells", images), Path(folder) / "predictions"
+        code, stderr = run_predict([str(Path(folder) / "cells"), "--run-dir", str(untrained_run), "--output-dir",
+                                    str(output), "--device", "cpu", "--batch-size", "2"])
+        assert code == (0 if all(readable for _, readable in written) else 1)
+        assert_named_once_each(stderr, written)
+        rows = {row["file"]: row for row in read_csv(output / "predictions.csv")}
+        assert sorted(rows) == sorted(str(path) for path, readable in written if readable)
+        for path, row in rows.items():
+            height, width = read_image(Path(path)).shape[:2]
+            assert image_size(output / f"{row['name']}_cyt.png") == (height, width)
+            assert sum(float(row[f"prob_{name}"]) for name in DEMO_CLASSES) == pytest.approx(1, abs=1e-4)
+            assert all(np.isfinite(float(row[name])) for name in FEATURE_NAMES if row[name] != "")
+
+
+@settings(max_examples=hostile.examples(6))
+@given(st.lists(hostile.images(max_side=90), min_size=1, max_size=2), st.sampled_from([24, 2048]))
+@example([hostile.GeneratedImage(np.full((1, 1), 50, np.uint8), ".png")], 2048)  # one pixel, one block
+@example([hostile.GeneratedImage(np.zeros((40, 30, 2), np.uint16), ".tif")], 24)  # grey + alpha: cv2.error when mapped
+def test_generated_fields_give_their_cells_or_one_named_line(untrained_run, images, block):
+    """Fields of any size, depth and format, some unreadable, in blocks smaller or larger than the field: label images
+    of the field's size, the tables agree, each unreadable field named once."""
+    with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tools.fields.segment, "NUCLEUS_THRESHOLD", 0.5)  # an untrained model is rarely sure of a nucleus
+        written, output = write_inputs(Path(folder) / "fields", images), Path(folder) / "found"
+        code, stderr = run_predict([str(Path(folder) / "fields"), "--fields", "--run-dir", str(untrained_run),
+                                    "--output-dir", str(output), "--device", "cpu", "--block-size", str(block)])
+        assert code == (0 if all(readable for _, readable in written) else 1)
+        assert_named_once_each(stderr, written)
+        summary = json.loads((output / "summary.json").read_text())
+        assert sorted(summary["fields"]) == sorted(path.stem for path, readable in written if readable)
+        assert summary["overall"]["cells"] == len(read_csv(output / "cells.csv"))
+        for path, readable in written:
+            if readable:
+                for labels in ("cells", "nuclei"):
+                    assert image_size(output / f"{path.stem}_{labels}.png") == read_image(path).shape[:2]

@@ -1,7 +1,12 @@
 """Behaviour of utils/preprocessing.py: reading, the mask policy, rasterising, letterboxing, normalisation."""
+import tempfile
+from pathlib import Path
+
 import cv2
+import hostile
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
 
 from utils.errors import UserError
 from utils.preprocessing import (
@@ -74,13 +79,47 @@ def test_16_bit_images_are_scaled_to_8_bit(tmp_path, ext):
     assert np.array_equal(gray[..., 0], np.arange(16, dtype=np.uint8).reshape(4, 4) * 17)
 
 
-def test_float_tiff_is_stretched_to_8_bit(tmp_path):
+def test_float_tiff_outside_the_usual_scale_is_stretched_to_8_bit(tmp_path):
     data = np.linspace(-1, 3, 20, dtype=np.float32).reshape(4, 5)
     assert cv2.imwrite(str(tmp_path / "float.tiff"), data)
     image = read_image(tmp_path / "float.tiff")
     assert image.dtype == np.uint8 and image.shape == (4, 5, 3)
     assert image.min() == 0 and image.max() == 255
     assert (np.diff(image[..., 0].ravel().astype(int)) >= 0).all()  # order of values kept
+
+
+# ---------------------------------------------------------------- generated hostile images (tests/hostile.py)
+
+@settings(max_examples=hostile.examples(60), suppress_health_check=[HealthCheck.function_scoped_fixture])  # capfd: read in every example
+@given(hostile.images())
+@example(hostile.GeneratedImage(np.full((3, 2), 0.8, np.float32), ".tif"))  # was black: every float was stretched
+@example(hostile.GeneratedImage(np.array([[[102]], [[190]], [[28]], [[189]]], np.uint16).transpose(1, 2, 0), ".tif",
+                                planar=True))  # OpenCV returned whatever lay in memory
+@example(hostile.GeneratedImage(np.array([[[127, 53, 8, 3]]], np.uint8), ".tif"))  # OpenCV: premultiplied by alpha
+@example(hostile.GeneratedImage(np.full((4, 4), np.nan, np.float32), ".tif"))  # was black with a RuntimeWarning
+@example(hostile.GeneratedImage(np.full((9, 9, 3), 90, np.uint8), ".jpg", damage="cut"))  # was decoded, grey-filled
+@example(hostile.GeneratedImage(np.full((6, 6, 3), 0.5, np.float32), ".tif", planar=True, damage="cut"))  # likewise
+def test_generated_images_read_as_their_rgb_or_one_line(capfd, image):
+    """Any size, depth, channel count and format: the stored pixels as uint8 RGB, or one UserError naming the file
+    (and no line of the decoders' own on stderr)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = image.write(Path(folder) / "cell")
+        try:
+            rgb = read_image(path)
+        except UserError as error:
+            assert not image.readable and str(error).startswith(f"{path}: "), error
+        else:
+            assert image.readable and rgb.dtype == np.uint8 and rgb.shape == (*image.pixels.shape[:2], 3)
+            if image.expected_rgb() is not None:
+                assert np.array_equal(rgb, image.expected_rgb())
+    assert capfd.readouterr().err == ""
+
+
+def test_a_truncated_png_is_one_line_without_libpngs_own(tmp_path, capfd):
+    path = hostile.GeneratedImage(np.zeros((30, 30, 3), np.uint8), ".png", damage="cut").write(tmp_path / "cell")
+    with pytest.raises(UserError, match="cannot read this image, truncated"):
+        read_image(path)
+    assert capfd.readouterr().err == ""  # libpng printed "libpng error: Read Error"
 
 
 @pytest.mark.parametrize("content", [b"", b"this is not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 20])

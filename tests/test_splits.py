@@ -10,6 +10,7 @@ from tools.layouts import CellRecord
 from tools.splits import (
     SPLITS,
     assign_splits,
+    chosen_manifest,
     load_split,
     read_manifest,
     write_manifest,
@@ -171,3 +172,16 @@ def test_a_class_of_fewer_groups_stays_in_train():
     records = synthetic_records(groups_per_class=(60, 1), max_group_size=3)
     assignment = assign_splits(records, FRACTIONS, seed=0)
     assert {assignment[r.group] for r in records if r.label == "class1"} == {"train"}
+
+
+def test_a_split_file_must_exist_and_a_typo_names_the_manifests_there(tmp_path):
+    run_splits = tmp_path / "run" / "splits"
+    run_splits.mkdir(parents=True)
+    (run_splits / "herlev-1a2b3c4d.json").write_text("{}")
+    default = run_splits / "herlev-1a2b3c4d.json"
+    assert chosen_manifest(None, tmp_path / "run" / "splits" / "new.json") == tmp_path / "run" / "splits" / "new.json"
+    assert chosen_manifest(default, tmp_path / "other.json") == default
+    with pytest.raises(UserError, match=r"herlev-1a2b3c4.json: no such file, unknown split manifest 'herlev-1a2b3c4.json'; "
+                                        r"did you mean herlev-1a2b3c4d.json\? .*; pass an existing manifest to --split-file"):
+        chosen_manifest(run_splits / "herlev-1a2b3c4.json", default)
+    assert not (run_splits / "herlev-1a2b3c4.json").exists()  # no new split made under the mistyped name

@@ -15,6 +15,7 @@ import torch
 
 from model.classification_model import ConvNeXtAttentionClassifier
 from model.segmentation_model import DualHeadAttConvNeXtUNet
+from tools.config import check_named_file, unknown_name
 from utils.errors import UserError
 from utils.files import written_atomically
 
@@ -49,8 +50,7 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
 def load_checkpoint(path: Path, stage: str) -> Dict[str, Any]:
     """Load a checkpoint of `stage` onto the CPU, with a clear error for a missing or wrong file."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found; train the {stage} stage first or pass its path")
+    check_named_file(path, "checkpoint", f"train the {stage} stage first or pass its path")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many types for a damaged file
@@ -59,6 +59,32 @@ def load_checkpoint(path: Path, stage: str) -> Dict[str, Any]:
         found = checkpoint.get("stage", "unknown") if isinstance(checkpoint, dict) else "unknown"
         raise UserError(f"{path}: is a {found} checkpoint, expected {stage}; pass the {stage} checkpoint")
     return checkpoint
+
+
+# What the users of a checkpoint read from it: the keys, and the entries of its args
+REQUIRED_KEYS = ("model", "model_config", "args")
+REQUIRED_ARGS = {"segmentation": ("img_size",), "classification": ("img_size",),
+                 "fields": ("tile_size", "field_scale", "cell_window", "instance_size"),
+                 "instances": ("tile_size", "field_scale", "cell_window", "instance_size")}
+
+
+def check_complete(path: Path, checkpoint: Dict[str, Any], stage: str) -> None:
+    """A checkpoint missing what its users read, or naming a backbone timm does not know, fails here and not
+    as a KeyError or timm's error halfway through a run."""
+    import timm
+
+    args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint] + [f"args.{key}" for key in REQUIRED_ARGS[stage]
+                                                                          if key not in args]
+    if stage == "classification" and not isinstance(checkpoint.get("class_names"), list):
+        missing.append("class_names")
+    if missing:
+        raise UserError(f"{path}: the checkpoint lacks {', '.join(missing)}; retrain, or pass a checkpoint this "
+                        f"project's training wrote")
+    backbone = str(checkpoint["model_config"].get("backbone", ""))
+    if not timm.is_model(backbone):
+        raise UserError(f"{path}: {unknown_name(backbone, timm.list_models(), 'backbone', 'timm.list_models()')} in "
+                        f"its model_config; retrain, or use the timm version it was trained with")
 
 
 def rng_states() -> Dict[str, Any]:
@@ -99,6 +125,7 @@ def check_resume_compatible(path: Path, checkpoint: Dict[str, Any], run: RunStat
 def load_model(path: Path, stage: str, device):
     """Rebuild a model from its checkpoint. Returns (model in eval mode on device, checkpoint dict)."""
     checkpoint = load_checkpoint(path, stage)
+    check_complete(path, checkpoint, stage)
     factory = ConvNeXtAttentionClassifier if stage == "classification" else DualHeadAttConvNeXtUNet  # stage 1: any U-Net
     model = factory(**checkpoint["model_config"])
     try:

@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
+from utils.errors import UserError
+
 STAGES = ("segmentation", "classification", "fields")
 # The seed's full configuration, meant for a GPU (the README's table)
 STAGE_DEFAULTS = {
@@ -110,16 +112,57 @@ unit_fraction = checked(float, lambda v: 0 <= v < 1, "a number from 0 up to (not
 img_size = checked(int, lambda v: v >= 32 and v % 32 == 0, "a multiple of 32 (the encoders downsample 32x), at least 32")
 
 
-def one_of_names(names: Sequence[str], what: str) -> Callable:
+MAX_LISTED = 20  # known names listed in a message; beyond this many, where to find them is said instead
+
+
+def unknown_name(text: str, names: Sequence[str], what: str = "", listing: Optional[str] = None) -> str:
+    """The one wording of every unknown name, in a flag or a file: "unknown class 'x'; did you mean y? (known: ...)".
+
+    Args:
+        text: the name given.
+        names: the names that exist.
+        what: what kind of name it is ("class", "layout"; "" when argparse already names the flag).
+        listing: where to see the names, said instead of them when there are more than MAX_LISTED.
+    """
+    near = difflib.get_close_matches(text, list(names), n=1, cutoff=0.6)
+    known = ", ".join(names) if len(names) <= MAX_LISTED or listing is None else f"see {listing}"
+    guess = f"; did you mean {near[0]}?" if near else ""
+    return f"unknown {what + ' ' if what else ''}{text!r}{guess} (known: {known or 'none'})"
+
+
+def check_names(given: Sequence[str], names: Sequence[str], what: str, source: str, advice: str) -> None:
+    """Raise a UserError `<source>: unknown <what> ...; <advice>` for the first of `given` not among `names`."""
+    for text in given:
+        if text not in names:
+            raise UserError(f"{source}: {unknown_name(text, names, what)}; {advice}")
+
+
+def check_named_file(path: Path, what: str, advice: str, also_in: Sequence[Path] = ()) -> None:
+    """Raise a UserError when `path` (a checkpoint, a split manifest) names no file, naming the files of its kind (its
+    suffix) in its folder and in the folders `also_in`, and the closest of them."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a {what}; {advice}")
+    if path.is_file():
+        return
+    folders = [folder for folder in dict.fromkeys([path.parent, *map(Path, also_in)]) if folder.is_dir()]
+    known = [p.name if folder == path.parent else str(p) for folder in folders for p in sorted(folder.glob(f"*{path.suffix}"))]
+    raise UserError(f"{path}: no such file, {unknown_name(path.name, known, what)}; {advice}")
+
+
+def one_of_names(names: Sequence[str], listing: Optional[str] = None) -> Callable:
     """An argparse type accepting only `names`, suggesting the nearest ones for a typo."""
     def parse(text: str) -> str:
         if text in names:
             return text
-        near = difflib.get_close_matches(text, names, n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(near)}?" if near else f"see {what}"
-        raise argparse.ArgumentTypeError(f"unknown {text!r}; {hint}")
+        raise argparse.ArgumentTypeError(unknown_name(text, names, listing=listing))
 
     return parse
+
+
+def name_flag(names: Sequence[str]) -> Dict:
+    """add_argument keywords for a flag that takes one of `names`: listed in --help, a typo answered by one_of_names."""
+    return dict(choices=list(names), type=one_of_names(list(names)))
 
 
 def device_name(text: str) -> str:
@@ -128,7 +171,7 @@ def device_name(text: str) -> str:
     gpu = re.fullmatch(r"gpu(:\d+)?", text, re.IGNORECASE)
     if gpu:  # closest by spelling is 'cpu', the opposite of what was meant
         raise argparse.ArgumentTypeError(f"unknown {text!r}; did you mean cuda{gpu.group(1) or ''}?")
-    return one_of_names(["auto", "cpu", "cuda", "cuda:0"], "auto, cpu, cuda or cuda:N")(text)
+    return one_of_names(["auto", "cpu", "cuda", "cuda:0"])(text)
 
 
 def backbone_name(text: str) -> str:
@@ -137,7 +180,7 @@ def backbone_name(text: str) -> str:
 
     if timm.is_model(text):
         return text
-    return one_of_names(timm.list_models(), "timm.list_models()")(text)
+    return one_of_names(timm.list_models(), listing="timm.list_models()")(text)
 
 
 def cache_dir_arg(text: str) -> Optional[Path]:
@@ -168,14 +211,14 @@ def data_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("data")
     group.add_argument("--data-root", type=Path, default=Path("data/demo"), help="folder holding the class folders")
     run_dir_flag(group, "run folder for checkpoints/, logs/, outputs/, splits/ (--output-dir is the same flag)")
-    group.add_argument("--layout", default="auto", choices=["auto", "sipakmed", "paired", "labels", "isbi2014", "sipakmed-fields"],
+    group.add_argument("--layout", default="auto", **name_flag(["auto", "sipakmed", "paired", "labels", "isbi2014", "sipakmed-fields"]),
                        help="data layout; auto detects it from the folder (isbi2014 and sipakmed-fields: whole fields of "
                             "view, for main_segment.py and evaluate.py)")
-    group.add_argument("--sipakmed-source", default="cropped", choices=["cropped", "clusters"],
+    group.add_argument("--sipakmed-source", default="cropped", **name_flag(["cropped", "clusters"]),
                        help="SIPaKMeD cells: the CROPPED/ crops, or cells cut from the cluster images by their polygons")
     group.add_argument("--nuc-suffix", default="N.png", help="paired layout: nucleus mask file suffix (<n>N.png; any case)")
     group.add_argument("--cyt-suffix", default="C.png", help="paired layout: cytoplasm mask file suffix (<n>C.png; any case)")
-    group.add_argument("--split-file", type=Path, default=None, help="split manifest (default: <run-dir>/splits/<data-root>-<hash>.json, made on first use)")
+    group.add_argument("--split-file", type=Path, default=None, help="an existing split manifest (default: <run-dir>/splits/<data-root>-<hash>.json, made on first use)")
     group.add_argument("--split-seed", type=non_negative_int, default=0, help="seed of the train/val/test split when it is first made")
     group.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--workers", type=non_negative_int, default=2, help="data loader worker processes")
@@ -203,7 +246,7 @@ def training_parser(stage: str) -> argparse.ArgumentParser:
     """Flags of a training stage; parse_stage_args fills the stage's defaults (and the preset's) before parsing."""
     parser = argparse.ArgumentParser(add_help=False, parents=[data_parser()])
     group = parser.add_argument_group("training")
-    group.add_argument("--preset", default=None, choices=sorted(PRESETS), help="named settings for a small machine; explicit flags still win")
+    group.add_argument("--preset", default=None, **name_flag(sorted(PRESETS)), help="named settings for a small machine; explicit flags still win")
     group.add_argument("--epochs", type=positive_int, help=f"training epochs {stage_default(stage, 'epochs')}")
     group.add_argument("--lr", type=positive_float, help=f"peak AdamW learning rate {stage_default(stage, 'lr')}")
     group.add_argument("--weight-decay", type=non_negative_float, default=0.05, help="AdamW weight decay")
@@ -233,7 +276,7 @@ def training_parser(stage: str) -> argparse.ArgumentParser:
 def add_speed_flags(parser: argparse.ArgumentParser) -> None:
     """GPU speed-ups (tools/acceleration.py). Unset means on for CUDA and off on CPU, where they do not help."""
     group = parser.add_argument_group("speed (GPU; on CPU nothing changes unless asked)")
-    group.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+    group.add_argument("--amp", default="auto", **name_flag(["auto", "bf16", "fp16", "off"]),
                        help="mixed precision: auto is bf16 on GPUs that support it, else fp16 with a gradient scaler, "
                             "and off on CPU (bf16 autocast is ~25x slower on a CPU without AMX)")
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -256,6 +299,8 @@ def parse_stage_args(parser: argparse.ArgumentParser, stage: str, argv: Optional
         parser.error(f"--weights {args.weights}: file not found")
     if args.resume == Path("auto"):
         args.resume = args.run_dir / "checkpoints" / f"{stage}_last.pth"
+    if args.resume is not None:  # before the data is read and decoded, not after
+        check_named_file(args.resume, "checkpoint", "drop --resume to start a new run, or pass the checkpoint to resume")
     return args
 
 

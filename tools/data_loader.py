@@ -24,7 +24,7 @@ from tools.cell_cache import PreparedCells
 from tools.layouts import CellRecord, read_records, with_skip_hint
 from tools.masks import MaskProvider, ground_truth_masks, ground_truth_masks_if_any
 from tools.morphometry import FEATURE_NAMES, MEASUREMENTS_VERSION, cell_measurements
-from tools.splits import SPLITS, load_split
+from tools.splits import SPLITS, chosen_manifest, load_split
 from utils.errors import UserError
 from utils.preprocessing import PAD_RGB, cell_channels, letterbox, normalize_image
 
@@ -120,7 +120,7 @@ def open_dataset(args, paths) -> DatasetSplit:
     """
     records, layout = read_records(args.data_root, args.layout, args.sipakmed_source, args.nuc_suffix, args.cyt_suffix,
                                    args.skip_bad)
-    manifest_path = args.split_file or paths.manifest(args.data_root)
+    manifest_path = chosen_manifest(args.split_file, paths.manifest(args.data_root))
     by_split = load_split(records, manifest_path, args.data_root, layout, seed=args.split_seed)
     usable = usable_cells(records, args, paths.skipped_cells)
     kept = {r.sample_id for r in usable}

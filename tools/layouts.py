@@ -7,23 +7,30 @@ Layouts:
   paired    <class>/<n>.<ext> with masks <n>N.png (nucleus) and <n>C.png (cytoplasm), as Herlev.
   labels    <class>/*.png|jpg|bmp|tif without masks: classification only, masks come from stage 1.
 
-File names are matched without regard to case (10N.PNG is 10's nucleus mask), and hidden files and
-folders (.DS_Store, macOS ._* and __MACOSX/) are never read. Everything after the readers uses only
-CellRecord; decoding is tools/data_loader.py's.
+File names are matched without regard to case (10N.PNG is 10's nucleus mask). Folders are listed by
+tools/inputs.py: each file once, and never hidden files and folders (.DS_Store, macOS ._* and __MACOSX/)
+or what this project wrote. Everything after the readers uses only CellRecord; decoding is
+tools/data_loader.py's.
 """
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
+import cv2
 import numpy as np
 
+from tools.config import unknown_name
+from tools.inputs import check_not_output, folder_entries, input_files
 from utils.errors import UserError
 from utils.preprocessing import read_image
 
 LAYOUTS = ("sipakmed", "paired", "labels")
+DEFAULT_MASK_SUFFIXES = ("N.png", "C.png")  # the paired layout's nucleus and cytoplasm masks: <n>N.png, <n>C.png
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MAX_COORDINATE = 1e6  # px; a polygon point further out belongs to no image
 CLUSTER_CROP_MARGIN = 10  # pixels of context kept around a cell cut out of a cluster image
 SKIP_BAD_HINT = "or pass --skip-bad to leave bad cells out"
 
@@ -59,21 +66,18 @@ class CellRecord:
 
 # ---------------------------------------------------------------- folders and files
 
-def is_hidden(path: Path) -> bool:
-    """Dot files and folders, and the __MACOSX/ folder that macOS zips carry."""
-    return path.name.startswith(".") or path.name == "__MACOSX"
-
-
 def class_folders(root: Path) -> List[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p))
+    """The folders directly in root, not hidden, not this project's output; a link to another one stays (two classes
+    sharing files are refused by check_each_cell_once)."""
+    return folder_entries(root)[0]
 
 
 def image_files(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not is_hidden(p) and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return input_files([folder], IMAGE_EXTENSIONS, max_depth=1, required=False)
 
 
 def files_by_lower_name(folder: Path) -> Dict[str, Path]:
-    return {p.name.lower(): p for p in folder.iterdir() if p.is_file() and not is_hidden(p)}
+    return {p.name.lower(): p for p in input_files([folder], max_depth=1, required=False)}
 
 
 def check_unique_stems(images: Sequence[Path]) -> None:
@@ -124,10 +128,16 @@ def read_dat_polygon(path: Path) -> np.ndarray:
             raise UserError(f"{path}:{line_number}: expected 'x,y' numbers, found {line.strip()[:40]!r}; fix or remove the file")
         if not (np.isfinite(x) and np.isfinite(y)):
             raise UserError(f"{path}:{line_number}: point is not a finite number; fix or remove the file")
+        if max(abs(x), abs(y)) > MAX_COORDINATE:  # beyond float32's whole pixels, and any crop box's int range
+            raise UserError(f"{path}:{line_number}: point ({x:g}, {y:g}) lies beyond any image; fix or remove the file")
         points.append((x, y))
     if len(points) < 3:
         raise UserError(f"{path}: a polygon needs at least 3 points, found {len(points)}; fix or remove the file")
-    return np.asarray(points, dtype=np.float32)
+    polygon = np.asarray(points, dtype=np.float32)
+    if cv2.contourArea(polygon) < 1:
+        raise UserError(f"{path}: the polygon encloses less than a pixel (its points lie on a line or on one spot); "
+                        f"fix or remove the file")
+    return polygon
 
 
 def check_polygons_inside(polygons: Sequence[np.ndarray], files: Sequence[Path], shape: Tuple[int, int]) -> None:
@@ -182,8 +192,6 @@ def read_sipakmed_cropped(root: Path, skip_bad: bool = False) -> List[CellRecord
 
 def nucleus_owner(nuc_polygon: np.ndarray, cyt_polygons: Sequence[np.ndarray]) -> Optional[int]:
     """Index of the cell polygon that contains the nucleus centroid (cluster files number them independently)."""
-    import cv2
-
     centroid = tuple(float(v) for v in nuc_polygon.mean(axis=0))
     for index, cyt_polygon in enumerate(cyt_polygons):
         if cv2.pointPolygonTest(cyt_polygon.reshape(-1, 1, 2), centroid, False) >= 0:
@@ -221,10 +229,11 @@ def read_cluster_cells(root: Path, label: str, image_path: Path, cyt_files: Sequ
     return records
 
 
-def cluster_polygon_files(folder: Path, image_path: Path, part: str) -> List[Path]:
-    """NNN_cytMM.dat (part 'cyt') or NNN_nucMM.dat files of one cluster image, whatever their case."""
+def cluster_polygon_files(files: Dict[str, Path], image_path: Path, part: str) -> List[Path]:
+    """NNN_cytMM.dat (part 'cyt') or NNN_nucMM.dat files of one cluster image among its folder's `files`
+    (files_by_lower_name), whatever their case."""
     pattern = re.compile(rf"{re.escape(image_path.stem.lower())}_{part}\d+\.dat")
-    return sorted(p for name, p in files_by_lower_name(folder).items() if pattern.fullmatch(name))
+    return sorted(p for name, p in files.items() if pattern.fullmatch(name))
 
 
 def read_sipakmed_clusters(root: Path, skip_bad: bool = False) -> List[CellRecord]:
@@ -232,9 +241,10 @@ def read_sipakmed_clusters(root: Path, skip_bad: bool = False) -> List[CellRecor
     records = []
     for class_folder in class_folders(root):
         folder = sipakmed_inner_folder(class_folder)
+        files = files_by_lower_name(folder)
         for image_path in image_files(folder):
-            cyt_files = cluster_polygon_files(folder, image_path, "cyt")
-            nuc_files = cluster_polygon_files(folder, image_path, "nuc")
+            cyt_files = cluster_polygon_files(files, image_path, "cyt")
+            nuc_files = cluster_polygon_files(files, image_path, "nuc")
             label = class_folder.name
             cells, problem = read_cell_files(lambda: read_cluster_cells(root, label, image_path, cyt_files, nuc_files), skip_bad)
             # Nuclei are matched to cells across the whole image, so one bad file leaves every cell of it in doubt
@@ -249,7 +259,7 @@ def is_mask_name(name: str, suffixes: Sequence[str]) -> bool:
     return name.lower().endswith(tuple(s.lower() for s in suffixes))
 
 
-def paired_mask_files(images: Sequence[Path], suffixes: Sequence[str] = ("N.png", "C.png")) -> set:
+def paired_mask_files(images: Sequence[Path], suffixes: Sequence[str] = DEFAULT_MASK_SUFFIXES) -> set:
     """The images that are another image's paired-layout mask (<n>N.png beside <n>.bmp): not cells themselves."""
     stems = {(p.parent, p.stem.lower()) for p in images}
     return {p for p in images for suffix in suffixes
@@ -281,10 +291,13 @@ def read_paired(root: Path, nuc_suffix: str = "N.png", cyt_suffix: str = "C.png"
     return records
 
 
-def read_labels_only(root: Path) -> List[CellRecord]:
+def read_labels_only(root: Path, mask_suffixes: Sequence[str] = DEFAULT_MASK_SUFFIXES) -> List[CellRecord]:
+    """Every image of every class folder, but the masks of a paired layout (a paired root read without its masks)."""
     records = []
     for folder in class_folders(root):
         images = image_files(folder)
+        masks = paired_mask_files(images, (*mask_suffixes, *DEFAULT_MASK_SUFFIXES))
+        images = [p for p in images if p not in masks]
         check_unique_stems(images)
         records += [CellRecord(sample_id=p.relative_to(root).with_suffix("").as_posix(), image_path=p,
                                label=folder.name, group=f"{folder.name}/{p.stem}") for p in images]
@@ -292,6 +305,29 @@ def read_labels_only(root: Path) -> List[CellRecord]:
 
 
 # ---------------------------------------------------------------- any layout
+
+def suffixes_beside_images(root: Path) -> List[str]:
+    """The endings of the files named after an image beside them (<n>N.png beside <n>.bmp: N.png), most common first."""
+    counts: Counter = Counter()
+    for folder in class_folders(root):
+        files = list(files_by_lower_name(folder).values())
+        stems = {p.stem.lower() for p in files if p.suffix.lower() in IMAGE_EXTENSIONS}
+        for path in files:
+            counts.update(path.name[cut:] for cut in range(1, len(path.stem)) if path.name[:cut].lower() in stems)
+    return [suffix for suffix, _ in counts.most_common(8)]
+
+
+def check_mask_suffixes(root: Path, layout: str, nuc_suffix: str, cyt_suffix: str) -> None:
+    """Mask suffixes that no file has would make a paired root labels-only (its masks trained as cells), or every mask
+    missing: name the endings the files have."""
+    custom = (nuc_suffix, cyt_suffix) != DEFAULT_MASK_SUFFIXES
+    if layout != "paired" and not (layout == "labels" and custom):
+        return
+    found = suffixes_beside_images(root)
+    for flag, suffix in (("--nuc-suffix", nuc_suffix), ("--cyt-suffix", cyt_suffix)):
+        if suffix.lower() not in {s.lower() for s in found}:
+            raise UserError(f"{root}: {flag}: {unknown_name(suffix, found, 'mask suffix')}; pass the ending of the mask "
+                            f"files' names (any case), or --layout labels to train without masks")
 
 def has_boundary_files(folder: Path) -> bool:
     return any(re.fullmatch(r".*_cyt\d*\.dat", name) for name in files_by_lower_name(folder))
@@ -323,14 +359,16 @@ def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropp
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: data root does not exist or is not a folder; pass --data-root PATH")
+    check_not_output(root, str(root))
     layout = detect_layout(root, nuc_suffix) if layout == "auto" else layout
+    check_mask_suffixes(root, layout, nuc_suffix, cyt_suffix)
     if layout == "sipakmed":
         read_sipakmed = read_sipakmed_cropped if sipakmed_source == "cropped" else read_sipakmed_clusters
         records = read_sipakmed(root, skip_bad)
     elif layout == "paired":
         records = read_paired(root, nuc_suffix, cyt_suffix, skip_bad)
     elif layout == "labels":
-        records = read_labels_only(root)
+        records = read_labels_only(root, (nuc_suffix, cyt_suffix))
     else:
         raise UserError(f"unknown layout {layout!r}; choose one of: auto, {', '.join(LAYOUTS)}")
     if not records:
@@ -338,7 +376,25 @@ def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropp
     empty = [f.name for f in class_folders(root) if not any(r.label == f.name for r in records)]
     if empty:
         raise UserError(f"{root}: class folder(s) {', '.join(empty)} hold no usable images; add images or remove the folder")
-    return sorted(records, key=lambda r: r.sample_id), layout
+    records = sorted(records, key=lambda r: r.sample_id)
+    check_each_cell_once(records)
+    return records, layout
+
+
+def check_each_cell_once(records: Sequence[CellRecord]) -> None:
+    """One image reached under two names (a link to it, or to its folder, from another folder) would count as two
+    cells, perhaps of two classes, one of them in train and the other in test. (In one folder a link to a file
+    beside it is left out by the listing itself.)"""
+    seen: Dict[tuple, CellRecord] = {}
+    for record in records:
+        if record.problem is not None:
+            continue  # left out anyway; a bad cluster image's cells all share its path and no crop box
+        cell = record.polygon_files[0].name if record.crop_box is not None else None  # cells of one cluster image
+        other = seen.setdefault((os.path.realpath(record.image_path), record.crop_box, cell), record)
+        if other is not record:
+            classes = f" of classes {other.label} and {record.label}" if other.label != record.label else ""
+            raise UserError(f"{record.image_path}: the same file as {other.image_path} (one is a link to the other or to "
+                            f"its folder), so it would count as two cells{classes}; remove the link")
 
 
 # SIPaKMeD's normal cells; Herlev's are the classes named normal_*

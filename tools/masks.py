@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tools.inference import batched
+from tools.inputs import mark_output_dir
 from tools.layouts import CellRecord, check_polygons_inside
 from utils.errors import UserError
 from utils.files import file_sha1, write_image, written_atomically
@@ -142,6 +143,7 @@ class PredictedMaskFiles:
 
 def export_masks(pipeline, records: Sequence[CellRecord], masks_dir: Path, batch_size: int = 16) -> int:
     """Predict and write the masks of every record with `pipeline` (tools/inference.CellPipeline). Returns the count."""
+    mark_output_dir(masks_dir)
     with tqdm(total=len(records), desc="exporting masks", unit="cell") as progress:
         for chunk in batched(list(records), batch_size):
             masks = pipeline.masks([record.load_image() for record in chunk])

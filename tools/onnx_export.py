@@ -27,6 +27,7 @@ import torch
 from model.segmentation_model import HEADS
 from tools.checkpoint import load_model
 from tools.inference import EXPORT_FORMAT
+from tools.inputs import mark_output_dir
 from utils.files import file_sha1, written_atomically
 
 TOLERANCE = 1e-4  # largest absolute difference from PyTorch accepted by the check
@@ -61,7 +62,7 @@ def export(model: torch.nn.Module, examples: Sequence[torch.Tensor], path: Path,
     axes = {0: "batch", 2: "height", 3: "width"} if free_side else {0: "batch"}
     dynamic_axes = {name: axes for name in (*input_names, *output_names)}
     metadata = {**metadata, "export_format": EXPORT_FORMAT}
-    path.parent.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(path.parent)
     with written_atomically(path) as tmp_path:
         with warnings.catch_warnings():
             # the TorchScript exporter (dynamo=False) is deprecated but works offline with no extra package;

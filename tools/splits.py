@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tools.config import check_named_file
 from tools.layouts import CellRecord
 from utils.console import say_once
 from utils.errors import UserError
@@ -116,6 +117,16 @@ def check_groups_disjoint(path: Path, split_of: Dict[str, str], group_of: Dict[s
     leaking = sorted(g for g, s in splits_of_group.items() if len(s) > 1)
     if leaking:
         raise UserError(f"{path}: group {leaking[0]} appears in several splits ({len(leaking)} groups leak); delete the manifest to re-split")
+
+
+def chosen_manifest(split_file: Optional[Path], default: Path) -> Path:
+    """The manifest to split by: --split-file, which must exist (a mistyped one would silently make a new split,
+    and with it another test set), else `default`, the run's own, made on first use."""
+    if split_file is None:
+        return default
+    check_named_file(split_file, "split manifest", f"pass an existing manifest to --split-file, or leave the flag out to "
+                                                   f"split into {Path(default).parent} on first use", [Path(default).parent])
+    return Path(split_file)
 
 
 def load_split(records: Sequence[CellRecord], manifest_path: Path, data_root: Path, layout: str,

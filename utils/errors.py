@@ -21,8 +21,15 @@ def note_kept(text: str) -> None:
     _kept["note"] = text
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Python's MemoryError, PyTorch's CUDA OutOfMemoryError, or its CPU allocator's RuntimeError."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
+        isinstance(error, RuntimeError) and ("can't allocate memory" in str(error) or "not enough memory" in str(error)))
+
+
 def exit_on_user_error(main):
-    """Run `main`; a UserError, Ctrl-C or a full disk become one line on stderr and an exit code, not a traceback."""
+    """Run `main`; a UserError, Ctrl-C, a full disk or running out of memory become one line on stderr and an exit
+    code, not a traceback."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -40,6 +47,12 @@ def exit_on_user_error(main):
                 raise
             print(f"error: disk full writing {error.filename or 'a file'}: {_kept['note']}; free space and run again",
                   file=sys.stderr)
+            sys.exit(USER_ERROR_EXIT)
+        except (MemoryError, RuntimeError) as error:  # an --img-size or --batch-size too large for this machine
+            if not is_out_of_memory(error):
+                raise
+            print(f"error: out of memory ({type(error).__name__}): {_kept['note']}; lower --batch-size, --img-size or "
+                  f"--block-size, or free memory", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT)
 
     return wrapper

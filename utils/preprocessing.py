@@ -5,6 +5,7 @@ are not square, and squashing them would distort the size and shape that separat
 Nothing here knows about datasets, models or runs; augmentation lives with the training data path
 (tools/data_loader.py).
 """
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,20 +23,93 @@ PAD_RGB = (230, 230, 230)
 
 
 @contextmanager
-def quiet_opencv():
-    """Silence OpenCV's own log while decoding: our error names the file; its lines would only add noise."""
-    level = cv2.utils.logging.getLogLevel()
+def quiet_decoders():
+    """Silence OpenCV's and tifffile's own logs while decoding: our error names the file; their lines would only add
+    noise (tifffile warns of every odd tag of a truncated file)."""
+    level, tifffile_log = cv2.utils.logging.getLogLevel(), logging.getLogger("tifffile")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    tifffile_log.disabled = True
     try:
         yield
     finally:
         cv2.utils.logging.setLogLevel(level)
+        tifffile_log.disabled = False
+
+
+PNG_SIGNATURE, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND"
+JPEG_START, JPEG_SCAN, JPEG_END = b"\xff\xd8", b"\xff\xda", b"\xff\xd9"
+
+
+def cut_short(data: bytes) -> bool:
+    """Whether PNG or JPEG bytes end before their end marker (anything after it is allowed). Their decoders would
+    fail with a line of their own on stderr (PNG), or fill the missing rows with grey and carry on (JPEG)."""
+    if data.startswith(PNG_SIGNATURE):
+        return PNG_END not in data  # its end chunk (a trailer may follow)
+    if data.startswith(JPEG_START):
+        return data.rfind(JPEG_END) < data.rfind(JPEG_SCAN)  # the last scan never ends (a thumbnail's end is earlier)
+    return False
+
+
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+
+
+CODEC_MISSING = ("imagecodecs", "not supported", "not implemented", "not a known")  # tifffile's words for it
+
+
+def read_tiff(path: Path):
+    """The first page of a TIFF read by tifffile, in OpenCV's layout (grey [H, W]; BGR or BGRA [H, W, C]).
+
+    OpenCV's own TIFF reading multiplies the colours by the alpha channel, returns whatever lay in memory for planar
+    16-bit RGBA, and decodes a planar file cut short without a word (all found by the property tests); tifffile gives
+    the stored samples or fails.
+
+    Raises:
+        LookupError: tifffile has no codec for the file's compression (OpenCV may have one).
+        ValueError: the file is damaged, cut short or not a TIFF it can read.
+    """
+    import tifffile
+
+    try:
+        with quiet_decoders(), tifffile.TiffFile(str(path)) as tiff:
+            page = tiff.pages[0]
+            pixels, axes = page.asarray(), page.axes
+    except Exception as error:  # tifffile raises many types for what it cannot decode
+        if isinstance(error, NotImplementedError) or any(words in str(error) for words in CODEC_MISSING):
+            raise LookupError(str(error)) from error
+        raise ValueError(str(error)) from error
+    if axes.startswith("S"):  # planar: one plane per sample
+        pixels = np.moveaxis(pixels, 0, -1)
+    if pixels.dtype == bool:
+        pixels = pixels.astype(np.uint8) * 255
+    if pixels.ndim == 3 and pixels.shape[2] in (1, 2):  # grey, grey + alpha
+        return pixels[..., 0]
+    if pixels.ndim == 3 and pixels.shape[2] in (3, 4):
+        return pixels[..., [2, 1, 0, 3][:pixels.shape[2]]]
+    if pixels.ndim != 2:
+        raise ValueError(f"{pixels.shape} samples: not grey, RGB or RGBA")
+    return pixels
 
 
 def imread_unchanged(path: Path):
-    """cv2.imread keeping depth and channels (it detects the format from the bytes, not the extension)."""
-    with quiet_opencv():
-        return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    """An image file's pixels keeping depth and channels, as cv2.imread gives them (the format is told by the bytes,
+    not the extension); None when the file cannot be decoded or is a PNG or JPEG cut short."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(PNG_SIGNATURE))
+    except OSError:
+        return None
+    if head.startswith(TIFF_SIGNATURES):
+        try:
+            return read_tiff(path)
+        except ValueError:
+            return None
+        except LookupError:
+            pass  # a compression tifffile has no codec for: OpenCV's libtiff may have it
+    with quiet_decoders():
+        if not head.startswith((PNG_SIGNATURE, JPEG_START)):
+            return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        data = Path(path).read_bytes()  # checked whole, then decoded from the same bytes
+        return None if cut_short(data) else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
 def unreadable_reason(path: Path) -> str:
@@ -48,12 +122,27 @@ def unreadable_reason(path: Path) -> str:
     return "truncated, damaged or not an image"
 
 
+def float_to_uint8(image: np.ndarray) -> np.ndarray:
+    """Finite float pixels as uint8: on the usual scale 0..1 (or 0..255) they keep their values, a constant image its
+    shade; any other range is stretched to 0..255."""
+    low, high = float(image.min()), float(image.max())
+    if low >= 0 and high <= 1:
+        return np.round(image.astype(np.float64) * 255).astype(np.uint8)  # float32 products round 229.49999 to 230
+    if low >= 0 and high <= 255:
+        return np.round(image).astype(np.uint8)
+    return cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+
+
 def to_rgb8(image: np.ndarray) -> np.ndarray:
-    """Any decoded OpenCV image (grey, BGR, BGRA; 8-bit, 16-bit or float) as uint8 RGB [H, W, 3]."""
+    """Any decoded OpenCV image (grey, BGR, BGRA; 8-bit, 16-bit, other integers or finite floats) as uint8 RGB [H, W, 3]."""
     if image.dtype == np.uint16:
         image = (image / 257.0).round().astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    elif np.issubdtype(image.dtype, np.floating):
+        image = float_to_uint8(image)
+    elif image.dtype != np.uint8:  # signed or 32- and 64-bit integers: no usual scale
+        image = cv2.normalize(image.astype(np.float64), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if image.shape[2] == 4:
@@ -66,6 +155,8 @@ def read_image(path: Path) -> np.ndarray:
     image = imread_unchanged(path)
     if image is None or image.size == 0:
         raise UserError(f"{path}: cannot read this image, {unreadable_reason(path)}; replace or remove it")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():  # they would become black or white
+        raise UserError(f"{path}: the image holds NaN or infinite pixel values; save it without them, or remove it")
     return to_rgb8(image)
 
 

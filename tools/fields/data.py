@@ -30,7 +30,7 @@ from tools.fields.layouts import (
     load_field,
     read_fields,
 )
-from tools.splits import load_split
+from tools.splits import chosen_manifest, load_split
 from utils.errors import UserError
 from utils.preprocessing import PAD_RGB, normalize_image
 
@@ -56,8 +56,8 @@ def is_field_layout(layout: str, data_root) -> bool:
 
 def open_fields(args, paths) -> DatasetSplit:
     """The fields of the data root named by the data flags, every one decoded once, split by the manifest."""
+    manifest_path = chosen_manifest(args.split_file, paths.manifest(args.data_root, "fields"))  # before decoding them
     records, layout = read_fields(args.data_root, FIELD_LAYOUT_NAMES.get(args.layout, "auto"))
-    manifest_path = args.split_file or paths.manifest(args.data_root, "fields")
     by_split = load_split(records, manifest_path, args.data_root, layout, seed=args.split_seed)
     for name in ("train", "val"):
         if not by_split[name]:

@@ -12,7 +12,6 @@ Layouts (found at any depth below the data root; hidden files and folders and ma
 The cell target is the WHOLE cell, as in tools.data_loader: a SIPaKMeD cell mask is its cytoplasm polygon OR
 the nuclei that lie in it; an ISBI cell mask is stored that way already.
 """
-import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from tools.layouts import IMAGE_EXTENSIONS, is_hidden, nucleus_owner, read_dat_polygon
+from tools.inputs import input_files
+from tools.layouts import IMAGE_EXTENSIONS, nucleus_owner, read_dat_polygon
 from utils.errors import UserError
 from utils.preprocessing import (
     imread_unchanged,
@@ -87,12 +87,8 @@ class FieldSample:
 # ---------------------------------------------------------------- finding files
 
 def visible_files(root: Path) -> List[Path]:
-    """Every file below `root`, sorted, without hidden files, hidden folders and macOS archive folders."""
-    files = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not is_hidden(Path(d)))
-        files.extend(Path(folder) / name for name in sorted(names) if not is_hidden(Path(name)))
-    return files
+    """Every file below `root` (tools/inputs.input_files: each once, no hidden files, no outputs of this project)."""
+    return input_files([root], required=False)
 
 
 def field_images(files: Sequence[Path], extensions: Sequence[str]) -> Dict[FieldKey, Path]:

@@ -9,12 +9,13 @@
 Which reader takes a file:
   1. OpenSlide (openslide-python with the openslide-bin wheel) for every scanner format it recognises: Aperio
      .svs, Hamamatsu .ndpi/.vms, 3DHistech .mrxs, Leica .scn, Philips TIFF, Ventana .bif, DICOM, ...;
-  2. tifffile for every other TIFF, generic pyramidal TIFF included (striped or tiled, grey, 16-bit or float,
-     any compression imagecodecs decodes): only the tiles or strips a region needs are read and decoded, an
-     uncompressed one is memory-mapped. OpenSlide reads generic tiled TIFF too, but tifffile gives the same
+  2. tifffile for every other TIFF of 8- or 16-bit grey, RGB or RGBA pixels, generic pyramidal TIFF included
+     (striped or tiled, any compression imagecodecs decodes): only the tiles or strips a region needs are read
+     and decoded, an uncompressed one is memory-mapped. OpenSlide reads generic tiled TIFF too, but tifffile gives the same
      pixels of a JPEG slide 4.5x faster per block here (0.08 s against 0.36 s for 2048 x 2048 px) and the right
      ones where OpenSlide's are wrong (16-bit grey);
-  3. OpenCV for everything else (PNG, BMP, JPEG), decoded whole: these formats cannot be read by region.
+  3. utils/preprocessing.read_image for everything else (PNG, BMP, JPEG; planar, two-channel or float TIFFs),
+     decoded whole.
 A region that reaches past the image is clipped to it; transparent pixels (OpenSlide's outside of the scanned
 area) come back as the slide's background colour.
 """
@@ -29,6 +30,9 @@ from utils.errors import UserError
 from utils.preprocessing import read_image, to_rgb8
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".svs", ".ndpi", ".scn", ".bif", ".qptiff")
+# Whole-slide files that predict.py --fields takes from folders and globs (besides PNG, BMP, JPEG, TIFF): OpenSlide's
+# formats (a .mrxs beside its data folder, one .dcm of a DICOM slide's folder) and BigTIFF's other names
+SLIDE_EXTENSIONS = (".svs", ".ndpi", ".vms", ".vmu", ".mrxs", ".scn", ".bif", ".svslide", ".dcm", ".qptiff", ".btf", ".tf8")
 # Microns per pixel outside this range are a file's placeholder (72 dpi is 353 um/px), not a microscope's
 MPP_RANGE = (0.02, 20.0)
 CM_PER_UNIT = {2: 2.54, 3: 1.0}  # TIFF ResolutionUnit: inch, centimetre (1 = none)
@@ -116,6 +120,8 @@ class TiffReader(SlideReader):
         except Exception as error:
             raise UserError(f"{path}: not a readable TIFF ({type(error).__name__}: {error}); the file is truncated "
                             f"or damaged") from None
+        if not all(by_region(page) for page in self.pages):
+            raise NotRegionReadable(path)
         self.shape = tuple(int(v) for v in self.pages[0].shape[:2])
         self.downsamples = tuple(self.shape[1] / page.shape[1] for page in self.pages)
         self.mpp = tiff_mpp(self.pages[0])
@@ -162,6 +168,19 @@ class TiffReader(SlideReader):
 
     def close(self):
         self.file.close()
+
+
+class NotRegionReadable(Exception):
+    """A TIFF whose pixels this reader does not cut into regions: it is decoded whole (ImageReader) instead."""
+
+
+def by_region(page) -> bool:
+    """Whether a TIFF page holds 8- or 16-bit grey, RGB or RGBA pixels stored pixel by pixel (not one plane per
+    channel): the layouts decode_region and to_rgb8 handle. Planar, two-channel and float images go to ImageReader,
+    which decodes them whole as single images are (utils/preprocessing.read_image)."""
+    samples = page.shape[2] if page.ndim == 3 else 1
+    interleaved = samples == 1 or int(page.planarconfig) == 1
+    return page.ndim in (2, 3) and samples in (1, 3, 4) and interleaved and page.dtype in (np.uint8, np.uint16)
 
 
 def tiff_mpp(page) -> Optional[float]:
@@ -214,5 +233,8 @@ def open_slide(path) -> SlideReader:
     if openslide_format(path) not in (None, "generic-tiff"):
         return OpenSlideReader(path)
     if path.suffix.lower() in TIFF_SUFFIXES:
-        return TiffReader(path)
+        try:
+            return TiffReader(path)
+        except NotRegionReadable:
+            pass
     return ImageReader(path)
