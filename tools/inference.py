@@ -17,6 +17,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tools.onnx_format import EXPORT_FORMAT
 from utils.errors import UserError
 from utils.files import file_sha1
 from utils.preprocessing import (
@@ -254,11 +255,6 @@ class OnnxBackend:
         feed = {name: np.ascontiguousarray(array, dtype=np.float32) for name, array in zip(self.input_names, batch)}
         outputs = self.session.run(None, feed)
         return np.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]  # U-Nets: [B, 2, S, S]
-
-
-# How tools/onnx_export.py writes a graph; a file of an older format is exported again. 2: the field model's tile side
-# is free (dynamic spatial axes), so inference tiles can be larger than the training tiles
-EXPORT_FORMAT = "2"
 
 
 def onnx_backend(onnx_dir: Path, stage: str, checkpoint: Path, threads: Optional[int] = None) -> OnnxBackend:

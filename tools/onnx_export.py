@@ -26,8 +26,8 @@ import torch
 
 from model.segmentation_model import HEADS
 from tools.checkpoint import load_model
-from tools.inference import EXPORT_FORMAT
 from tools.inputs import mark_output_dir
+from tools.onnx_format import EXPORT_FORMAT
 from utils.files import file_sha1, written_atomically
 
 TOLERANCE = 1e-4  # largest absolute difference from PyTorch accepted by the check
