@@ -335,12 +335,13 @@ def test_generated_cells_give_a_row_each_or_one_named_line(untrained_run, images
 
 
 @settings(max_examples=hostile.examples(6))
-@given(st.lists(hostile.images(max_side=90), min_size=1, max_size=2), st.sampled_from([24, 2048]))
+@given(st.lists(hostile.images(max_side=90), min_size=1, max_size=2), st.sampled_from([256, 2048]))
 @example([hostile.GeneratedImage(np.full((1, 1), 50, np.uint8), ".png")], 2048)  # one pixel, one block
-@example([hostile.GeneratedImage(np.zeros((40, 30, 2), np.uint16), ".tif")], 24)  # grey + alpha: cv2.error when mapped
+@example([hostile.GeneratedImage(np.zeros((40, 30, 2), np.uint16), ".tif")], 256)  # grey + alpha: cv2.error when mapped
 def test_generated_fields_give_their_cells_or_one_named_line(untrained_run, images, block):
-    """Fields of any size, depth and format, some unreadable, in blocks smaller or larger than the field: label images
-    of the field's size, the tables agree, each unreadable field named once."""
+    """Fields of any size, depth and format, some unreadable, in blocks of the smallest size or the default (blocks
+    smaller than a field: tests/test_fields_slide.py): label images of the field's size, the tables agree, each
+    unreadable field named once."""
     with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
         patch.setattr(tools.fields.segment, "NUCLEUS_THRESHOLD", 0.5)  # an untrained model is rarely sure of a nucleus
         written, output = write_inputs(Path(folder) / "fields", images), Path(folder) / "found"
