@@ -68,7 +68,10 @@ def masks_in_field(rings: List[np.ndarray], placed: Dict) -> List[np.ndarray]:
 
 
 def annotation(placed: Dict) -> np.ndarray:
-    return cv2.imread(placed["annotation"], cv2.IMREAD_UNCHANGED).astype(np.int32)
+    """The field's nucleus labels as training and evaluate.py read them (outlined nuclei filled)."""
+    from tools.fields.layouts import read_nucleus_labels
+
+    return read_nucleus_labels(Path(placed["annotation"]), (placed["height"], placed["width"]))
 
 
 def main(argv=None) -> None:

@@ -41,9 +41,11 @@ NUCLEUS_THRESHOLD = 0.7  # nucleus probability: at 0.5 the field model's nuclei 
 MIN_NUCLEUS_SHARE = 0.32  # blobs under this share of the median nucleus's area are debris or inflammatory-cell fragments
 # Runs from before nucleus_px was recorded were trained with nuclei about this size (fields.data.NUCLEUS_TARGET_PX then)
 UNRECORDED_NUCLEUS_PX = 16.0
-# Side of the field model's tiles at inference (model px). The model is fully convolutional: tiles larger than the
-# training tiles (256) keep the same context at their seams and overlap less (1.31x the pixels instead of 1.78x)
-INFERENCE_TILE_PX = 512
+# Side of the field model's tiles at inference (model px; the ONNX graph takes any multiple of 32). Larger tiles overlap
+# less (512: 1.31x the pixels instead of 1.78x) but, measured on the 8 ISBI EDF fields (docs/experiments-fields.md),
+# found fewer nuclei of the test field (edf07 F1 0.954 at 256, 0.892 at 384, 0.896 at 512) and took longer on
+# 1024 px fields: the training side it is
+INFERENCE_TILE_PX = 256
 
 
 @dataclass
