@@ -228,7 +228,8 @@ def test_large_inference_tiles_overlap_less_and_answer_as_training_tiles_do_for_
 
     models = fake_models(tile=32)
     models.field = pixelwise
-    large = tiled_probabilities(image, models)  # INFERENCE_TILE_PX 512: one 320 x 224 tile
+    monkeypatch.setattr(tools.fields.segment, "INFERENCE_TILE_PX", 512)
+    large = tiled_probabilities(image, models)  # one 320 x 224 tile
     monkeypatch.setattr(tools.fields.segment, "INFERENCE_TILE_PX", 32)
     small = tiled_probabilities(image, models)
     assert sides[0] == (320, 224) and len(sides) > 20 and all(side == (32, 32) for side in sides[1:])
