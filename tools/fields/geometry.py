@@ -31,13 +31,22 @@ def grid_corners(shape: Tuple[int, int], tile: int) -> List[Tuple[int, int]]:
     return [(top, left) for top in starts(shape[0]) for left in starts(shape[1])]
 
 
+def window_corner(centre: Tuple[float, float], window: int) -> Tuple[int, int]:
+    """(top, left) of the window of side `window` around centre (row, col)."""
+    return int(round(centre[0])) - window // 2, int(round(centre[1])) - window // 2
+
+
 def window_crop(image: np.ndarray, marker: np.ndarray, centre: Tuple[float, float], window: int,
                 size: int) -> Tuple[np.ndarray, np.ndarray]:
     """The window of side `window` around centre (row, col), resized to size x size: (uint8 RGB, uint8 0/1 marker)."""
-    top, left = int(round(centre[0])) - window // 2, int(round(centre[1])) - window // 2
-    rgb = cv2.resize(crop_padded(image, top, left, window, PAD_RGB), (size, size), interpolation=cv2.INTER_AREA)
-    seed = cv2.resize(crop_padded(marker.astype(np.uint8), top, left, window, 0), (size, size), interpolation=cv2.INTER_NEAREST)
-    return rgb, seed
+    top, left = window_corner(centre, window)
+    return shrunk_window(crop_padded(image, top, left, window, PAD_RGB), crop_padded(marker.astype(np.uint8), top, left, window, 0), size)
+
+
+def shrunk_window(rgb: np.ndarray, marker: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """A window's RGB and uint8 0/1 marker resized to the instance model's side, size x size."""
+    return (cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA),
+            cv2.resize(marker, (size, size), interpolation=cv2.INTER_NEAREST))
 
 
 def window_input(rgb: np.ndarray, marker: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from tools.fields.geometry import crop_padded, grid_corners, window_crop, window_input
+from tools.fields.geometry import crop_padded, shrunk_window, window_corner, window_input
 from tools.inference import (
     Backend,
     CellPipeline,
@@ -130,19 +130,28 @@ def nucleus_instances(nuc_prob: np.ndarray, nucleus_px: float) -> np.ndarray:
     from skimage.segmentation import watershed
 
     radius = max(1, round(nucleus_px / 2))
-    mask = fill_holes(nuc_prob > NUCLEUS_THRESHOLD)
+    whole = fill_holes(nuc_prob > NUCLEUS_THRESHOLD)
+    labels = np.zeros(whole.shape, np.int32)
+    rows, cols = np.nonzero(whole.any(axis=1))[0], np.nonzero(whole.any(axis=0))[0]
+    if rows.size == 0:
+        return labels
+    # the work below is done in the nuclei's bounding box and a ring of background (the same distances): a block of
+    # a slide is mostly glass
+    box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+    mask = whole[box]
     distance = ndimage.distance_transform_edt(mask)
     peaks = peak_local_max(distance, min_distance=radius, threshold_abs=radius / 2,
                            labels=ndimage.label(mask)[0], exclude_border=False)
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    labels = watershed(-distance, markers, mask=mask)
+    found = watershed(-distance, markers, mask=mask)
     # a component without a peak (too thin for one) is still a nucleus
-    unmarked, count = ndimage.label(mask & (labels == 0))
-    labels[unmarked > 0] = unmarked[unmarked > 0] + labels.max()
-    sizes = np.bincount(labels.ravel())
-    labels[sizes[labels] < MIN_NUCLEUS_SHARE * np.pi * (nucleus_px / 2) ** 2] = 0
-    return relabel(labels)
+    unmarked, count = ndimage.label(mask & (found == 0))
+    found[unmarked > 0] = unmarked[unmarked > 0] + found.max()
+    sizes = np.bincount(found.ravel())
+    found[sizes[found] < MIN_NUCLEUS_SHARE * np.pi * (nucleus_px / 2) ** 2] = 0
+    labels[box] = relabel(found)
+    return labels
 
 
 def relabel(labels: np.ndarray) -> np.ndarray:
@@ -156,22 +165,29 @@ def relabel(labels: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- 3. cells
 
 def nucleus_centres(labels: np.ndarray) -> List[Tuple[int, np.ndarray]]:
-    """(label, centroid (row, col)) of every nucleus."""
-    indices = [label for label in range(1, labels.max() + 1)]
-    centres = ndimage.center_of_mass(np.ones_like(labels), labels, indices)
-    return [(label, np.asarray(centre)) for label, centre in zip(indices, centres) if np.all(np.isfinite(centre))]
+    """(label, centroid (row, col)) of every nucleus, labels 1..N all present (nucleus_instances renumbers them)."""
+    rows, cols = np.nonzero(labels)
+    found = labels[rows, cols]
+    count = np.bincount(found, minlength=labels.max() + 1).astype(np.float64)
+    centre_rows = np.bincount(found, weights=rows, minlength=len(count)) / np.maximum(count, 1)
+    centre_cols = np.bincount(found, weights=cols, minlength=len(count)) / np.maximum(count, 1)
+    return [(label, np.array([centre_rows[label], centre_cols[label]])) for label in range(1, len(count)) if count[label]]
 
 
 def cell_windows(image: np.ndarray, labels: np.ndarray, nuclei: Sequence[Tuple[int, np.ndarray]],
-                 models: FieldModels) -> Iterator[Tuple[int, np.ndarray, np.ndarray]]:
-    """(nucleus label, cell probability, nucleus probability) per nucleus, both [window, window] around its centre."""
+                 models: FieldModels) -> Iterator[Tuple[int, Tuple[int, int], np.ndarray, np.ndarray, np.ndarray]]:
+    """Per nucleus: (label, the window's top-left corner, its bool marker, cell probability, nucleus probability),
+    the last three [window, window] around the nucleus's centre."""
     window, size = models.window, models.instance_size
     for chunk in batched(list(nuclei), models.batch_size):
-        crops = [window_crop(image, labels == label, centre, window, size) for label, centre in chunk]
-        outputs = sigmoid(models.instances(np.stack([window_input(rgb, marker) for rgb, marker in crops])))
-        for (label, _), output in zip(chunk, outputs):
+        corners = [window_corner(centre, window) for _, centre in chunk]
+        markers = [crop_padded(labels, top, left, window, 0) == label for (label, _), (top, left) in zip(chunk, corners)]
+        inputs = [window_input(*shrunk_window(crop_padded(image, top, left, window, PAD_RGB), marker.astype(np.uint8), size))
+                  for (top, left), marker in zip(corners, markers)]
+        outputs = sigmoid(models.instances(np.stack(inputs)))
+        for (label, _), corner, marker, output in zip(chunk, corners, markers, outputs):
             back = [cv2.resize(channel, (window, window), interpolation=cv2.INTER_LINEAR) for channel in output]
-            yield label, back[0], back[1]
+            yield label, corner, marker, back[0], back[1]
 
 
 def window_cell(cell_prob: np.ndarray, nuc_prob: np.ndarray, nucleus: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
@@ -261,13 +277,10 @@ def segment_block(image: np.ndarray, region: Tuple[int, int, int, int], core: Tu
         if core[0] <= row < core[2] and core[1] <= col < core[3]:
             nuclei.append((label, centre))
     cells = []
-    for label, cell_prob, nuc_prob in cell_windows(scaled, labels, nuclei, models):
-        centre = dict(nuclei)[label]
-        top, left = int(round(centre[0])) - models.window // 2, int(round(centre[1])) - models.window // 2
-        seed = crop_padded((labels == label).astype(np.uint8), top, left, models.window, 0).astype(bool)
-        found = window_cell(cell_prob, nuc_prob, seed)
+    for label, corner, marker, cell_prob, nuc_prob in cell_windows(scaled, labels, nuclei, models):
+        found = window_cell(cell_prob, nuc_prob, marker)
         if found is not None:
-            cells.append(to_field_cell(*found, (top, left), region, scale, image.shape[:2]))
+            cells.append(to_field_cell(*found, corner, region, scale, image.shape[:2]))
     return [cell for cell in cells if cell is not None]
 
 
