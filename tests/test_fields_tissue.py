@@ -24,9 +24,10 @@ def test_the_map_covers_every_field_and_skips_most_of_the_glass(slide):
     tissue = find_tissue(open_slide(path))
     assert tissue.units.shape == (4096 // UNIT_PX, 4096 // UNIT_PX) and tissue.unit == UNIT_PX
     assert tissue.glass_rgb == (232, 232, 232)
-    for placed in manifest["fields"]:  # the cell in each field (its ellipse), not the field's own glass
-        top, left = placed["y"] + 40, placed["x"] + 40
-        assert tissue.region(top, left, top + 120, left + 180).all()
+    for placed in manifest["fields"]:  # the cell in each field (the middle of its ellipse), its nucleus, not the glass
+        top, left = placed["y"] + 70, placed["x"] + 70
+        assert tissue.region(top, left, top + 60, left + 120).all()
+        assert not tissue.region(placed["y"] - 200, placed["x"] - 200, placed["y"] - 80, placed["x"] - 80).any()
     assert tissue.tissue_share < 0.05
 
 

@@ -41,6 +41,10 @@ NUCLEUS_THRESHOLD = 0.7  # nucleus probability: at 0.5 the field model's nuclei 
 MIN_NUCLEUS_SHARE = 0.32  # blobs under this share of the median nucleus's area are debris or inflammatory-cell fragments
 # Runs from before nucleus_px was recorded were trained with nuclei about this size (fields.data.NUCLEUS_TARGET_PX then)
 UNRECORDED_NUCLEUS_PX = 16.0
+# A block's nucleus probabilities reach this many median nucleus diameters beyond its core: a nucleus whose centre lies
+# in the core comes out whole up to 6 median diameters across (dysplastic nuclei reach 3-4), and the halo beyond it,
+# which only the cell windows read, costs no field-model time
+NUCLEUS_MARGIN = 3
 # Side of the field model's tiles at inference (model px; the ONNX graph takes any multiple of 32). Larger tiles overlap
 # less (512: 1.31x the pixels instead of 1.78x) but, measured on the 8 ISBI EDF fields (docs/experiments-fields.md),
 # found fewer nuclei of the test field (edf07 F1 0.954 at 256, 0.892 at 384, 0.896 at 512) and took longer on
@@ -77,38 +81,53 @@ class FieldCell:
 
 # ---------------------------------------------------------------- 1. tiled field model
 
-def tiled_probabilities(image: np.ndarray, models: FieldModels, tissue: Optional[np.ndarray] = None) -> np.ndarray:
+def tiled_probabilities(image: np.ndarray, models: FieldModels, tissue: Optional[np.ndarray] = None,
+                        area: Optional[Tuple[int, int, int, int]] = None) -> np.ndarray:
     """Flip-free foreground and nucleus probabilities [2, H, W] of an image at the model scale.
 
-    Tiles are INFERENCE_TILE_PX a side (or the image's side, rounded up to 32, when it is smaller; never smaller
-    than the training tiles) and overlap by a quarter of a training tile; each output pixel comes from the tile
-    whose centre is nearest, so no pixel is taken from within an eighth of a training tile of a tile's edge,
-    where the model sees little context. With `tissue` (bool [H, W]), tiles that cover none of it are not run:
-    their probabilities stay 0.
+    Tiles are INFERENCE_TILE_PX a side (or the area's side, rounded up to 32, when it is smaller; never smaller
+    than the training tiles), laid flush over `area` (top, left, bottom, right; default: the whole image) and
+    overlapping by a quarter of a training tile; each output pixel comes from the tile whose centre is nearest, so
+    no pixel is taken from within an eighth of a training tile of a tile's edge, where the model sees little
+    context. A tile reads the image around the area as its context. With `tissue` (bool [H, W]), a tile whose own
+    pixels (those nearer its centre than any other's) hold no tissue is not run. Probabilities stay 0 where no
+    tile ran.
     """
     height, width = image.shape[:2]
+    top, left, bottom, right = area or (0, 0, height, width)
     side = max(models.tile, INFERENCE_TILE_PX)
-    tile_h, tile_w = (max(models.tile, min(side, -(-length // 32) * 32)) for length in (height, width))
+    tile_h, tile_w = (max(models.tile, min(side, -(-length // 32) * 32)) for length in (bottom - top, right - left))
     overlap = models.tile // 4
-    corners = [(top, left) for top in stride_starts(height, tile_h, tile_h - overlap)
-               for left in stride_starts(width, tile_w, tile_w - overlap)]
+    rows = [top + start for start in stride_starts(bottom - top, tile_h, tile_h - overlap)]
+    cols = [left + start for start in stride_starts(right - left, tile_w, tile_w - overlap)]
+    corners = [(row, col) for row in rows for col in cols]
     if tissue is not None:
-        corners = [(top, left) for top, left in corners if tissue[top:top + tile_h, left:left + tile_w].any()]
+        owned_rows, owned_cols = owned_spans(rows, tile_h, top, bottom), owned_spans(cols, tile_w, left, right)
+        corners = [(row, col) for (row, rows_owned), (col, cols_owned) in
+                   ((r, c) for r in zip(rows, owned_rows) for c in zip(cols, owned_cols))
+                   if tissue[rows_owned, cols_owned].any()]
     probs = np.zeros((2, height, width), np.float32)
     best = np.full((height, width), np.inf, np.float32)  # distance of each pixel to the centre of the tile it came from
     yy, xx = np.mgrid[0:tile_h, 0:tile_w].astype(np.float32)
     centre_distance = np.maximum(np.abs(yy - (tile_h - 1) / 2), np.abs(xx - (tile_w - 1) / 2))
     per_batch = max(1, models.batch_size * models.tile ** 2 // (tile_h * tile_w))  # the pixels of a training batch
     for chunk in batched(corners, per_batch):
-        batch = np.stack([normalize_image(crop_padded(image, top, left, (tile_h, tile_w), PAD_RGB)) for top, left in chunk])
+        batch = np.stack([normalize_image(crop_padded(image, row, col, (tile_h, tile_w), PAD_RGB)) for row, col in chunk])
         outputs = sigmoid(models.field(batch))  # [B, 2, tile_h, tile_w]
-        for (top, left), output in zip(chunk, outputs):
-            rows, cols = slice(top, min(top + tile_h, height)), slice(left, min(left + tile_w, width))
-            h, w = rows.stop - top, cols.stop - left
-            closer = centre_distance[:h, :w] < best[rows, cols]
-            best[rows, cols][closer] = centre_distance[:h, :w][closer]
-            probs[:, rows, cols][:, closer] = output[:, :h, :w][:, closer]
+        for (row, col), output in zip(chunk, outputs):
+            rows_in, cols_in = slice(row, min(row + tile_h, bottom)), slice(col, min(col + tile_w, right))
+            h, w = rows_in.stop - row, cols_in.stop - col
+            closer = centre_distance[:h, :w] < best[rows_in, cols_in]
+            best[rows_in, cols_in][closer] = centre_distance[:h, :w][closer]
+            probs[:, rows_in, cols_in][:, closer] = output[:, :h, :w][:, closer]
     return probs
+
+
+def owned_spans(starts: Sequence[int], tile: int, low: int, high: int) -> List[slice]:
+    """Along one axis, the pixels each tile owns: those nearer its centre than any other tile's (low..high)."""
+    centres = [start + tile / 2 for start in starts]
+    bounds = [low] + [int(np.ceil((a + b) / 2)) for a, b in zip(centres, centres[1:])] + [high]
+    return [slice(a, max(a, b)) for a, b in zip(bounds, bounds[1:])]
 
 
 def stride_starts(length: int, tile: int, step: int) -> List[int]:
@@ -267,9 +286,13 @@ def segment_block(image: np.ndarray, region: Tuple[int, int, int, int], core: Tu
     """
     scale = scale or models.scale
     scaled = to_model_scale(image, scale)
+    area = nucleus_area(region, core, scale, scaled.shape[:2], models.nucleus_px)
     if tissue is not None:
         tissue = cv2.resize(tissue.astype(np.uint8), scaled.shape[1::-1], interpolation=cv2.INTER_NEAREST).astype(bool)
-    probs = tiled_probabilities(scaled, models, tissue)
+        area = bounding_box(tissue, area)
+        if area is None:
+            return []
+    probs = tiled_probabilities(scaled, models, tissue, area)
     labels = nucleus_instances(probs[1], models.nucleus_px)
     nuclei = []
     for label, centre in nucleus_centres(labels):
@@ -282,6 +305,26 @@ def segment_block(image: np.ndarray, region: Tuple[int, int, int, int], core: Tu
         if found is not None:
             cells.append(to_field_cell(*found, corner, region, scale, image.shape[:2]))
     return [cell for cell in cells if cell is not None]
+
+
+def nucleus_area(region, core, scale: float, shape: Tuple[int, int], nucleus_px: float) -> Tuple[int, int, int, int]:
+    """Where a block needs nucleus probabilities (model px of its region): its core and NUCLEUS_MARGIN median nuclei
+    around it, so that every nucleus whose centre lies in the core is whole; the rest of the halo is only read by
+    the cell windows."""
+    margin = int(np.ceil(NUCLEUS_MARGIN * nucleus_px))
+    top, left = (int(np.floor((core[i] - region[i]) * scale)) - margin for i in (0, 1))
+    bottom, right = (int(np.ceil((core[i + 2] - region[i]) * scale)) + margin for i in (0, 1))
+    return max(top, 0), max(left, 0), min(bottom, shape[0]), min(right, shape[1])
+
+
+def bounding_box(mask: np.ndarray, within: Tuple[int, int, int, int]) -> Optional[Tuple[int, int, int, int]]:
+    """(top, left, bottom, right) of the mask's pixels inside `within`, or None when there are none."""
+    top, left, bottom, right = within
+    part = mask[top:bottom, left:right]
+    rows, cols = np.nonzero(part.any(axis=1))[0], np.nonzero(part.any(axis=0))[0]
+    if rows.size == 0:
+        return None
+    return top + rows[0], left + cols[0], top + rows[-1] + 1, left + cols[-1] + 1
 
 
 def to_field_cell(cell: np.ndarray, nucleus: np.ndarray, score: float, window_corner: Tuple[int, int],
