@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/field_speed.py`: the repo's packages are one folder up
 
 from benchmarks.herlev import git_commit  # noqa: E402
+from tools.config import HelpFormatter  # noqa: E402
 from tools.fields.segment import load_field_models, segment_field  # noqa: E402
 from tools.run_dir import RunPaths  # noqa: E402
 from utils.files import write_image  # noqa: E402
@@ -50,7 +51,9 @@ BIG_BACKEND = "onnx"  # predict.py's default on a CPU
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="example: python benchmarks/field_speed.py --run-dir runs/isbi2014 --field ../shared/data/isbi2014/edf/edf01.png\n"
+                    + __doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True, help="run folder with checkpoints/fields_best.pth and instances_best.pth")
     parser.add_argument("--field", type=Path, nargs="*", default=[],
                         help="image(s) tiled into the field (default: a generated demo cluster image)")

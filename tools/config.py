@@ -148,7 +148,15 @@ def cache_dir_arg(text: str) -> Optional[Path]:
 # ---------------------------------------------------------------- parsers
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show a default only where it says something (not None/False) and the help does not already."""
+    """Show a default only where it says something (not None/False) and the help does not already.
+
+    The description keeps its line breaks (each line still wrapped to the terminal), so that the usage example
+    each script's description opens with stands on its own line.
+    """
+
+    def _fill_text(self, text, width, indent):
+        fill = super()._fill_text
+        return "\n".join(fill(line, width, indent) if line.strip() else "" for line in text.splitlines())
 
     def _get_help_string(self, action):
         if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
