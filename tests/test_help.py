@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-# module -> the name its example runs (scripts by file name; the demo generator as python -m tools.demo_data)
+# module -> the name its example runs (scripts by file name; the tools/ ones as python -m tools.NAME)
 SCRIPTS = {
     "main_segment": "main_segment.py",
     "main_classify": "main_classify.py",
@@ -12,6 +12,7 @@ SCRIPTS = {
     "predict": "predict.py",
     "export_onnx": "export_onnx.py",
     "tools.demo_data": "tools.demo_data",
+    "tools.demo_check": "tools.demo_check",
     "benchmarks.field_speed": "benchmarks/field_speed.py",
     "benchmarks.gpu_check": "benchmarks/gpu_check.py",
     "benchmarks.herlev": "benchmarks/herlev.py",
