@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 STAGES = ("segmentation", "classification", "fields")
-# The seed's full configuration, meant for a GPU (the README's table)
+# The seed's full configuration, meant for a GPU (the preset table in docs/usage.md)
 STAGE_DEFAULTS = {
     "segmentation": dict(
         backbone="convnext_tiny",  # timm encoder with strides 4..32
@@ -49,7 +49,8 @@ STAGE_DEFAULTS = {
         ema_decay=0.0,
     ),
 }
-# `--preset cpu` overrides only what it must to train usefully on 2 CPU cores (README: how the preset got here)
+# `--preset cpu` overrides only what it must to train usefully on 2 CPU cores (docs/experiments-cells.md: how the
+# preset got here)
 PRESETS = {
     "cpu": {
         "segmentation": dict(
