@@ -59,7 +59,7 @@ from utils.visualization import (
 
 def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="example: python evaluate.py --data-root data/demo --run-dir runs/demo\n"
-                                                 "Evaluate the segmentation and classification checkpoints.",
+                                     "Evaluate the segmentation and classification checkpoints.",
                                      parents=[data_parser()], formatter_class=HelpFormatter)
     group = parser.add_argument_group("evaluation")
     group.add_argument("--split", default="test", choices=["test", "val", "all"],

@@ -44,8 +44,10 @@ SPEED_FLAG_RUNS = {"default_flags": "defaults", "flags_off": "all off"}  # throu
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="example: python benchmarks/gpu_check.py --data-root ../shared/data/herlev\n"
-                                                 + __doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="example: python benchmarks/gpu_check.py --data-root ../shared/data/herlev\n"
+                    + __doc__.splitlines()[0],
+        formatter_class=HelpFormatter)
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data/herlev"), help="any data root with masks")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/gpu_check"),
                         help="folder for the run (run/), the log, the JSON and the Markdown table")

@@ -42,8 +42,9 @@ METRICS = {  # name in results -> (section of metrics.json, key)
 
 def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="example: python benchmarks/herlev.py --data-root ../shared/data/herlev --output-dir runs/benchmark_herlev\n"
-                    + __doc__.splitlines()[0], formatter_class=HelpFormatter)
+        description="example: python benchmarks/herlev.py --data-root ../shared/data/herlev "
+                    "--output-dir runs/benchmark_herlev\n" + __doc__.splitlines()[0],
+        formatter_class=HelpFormatter)
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data/herlev"), help="Herlev development set")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/benchmark_herlev"), help="benchmark folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],

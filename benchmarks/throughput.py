@@ -77,7 +77,7 @@ from utils.errors import UserError, exit_on_user_error  # noqa: E402
 
 STAGES = ("segmentation", "classification")
 CLASS_NAMES = [f"class{i}" for i in range(6)]  # Herlev's 6 classes: only the classifier's last layer depends on them
-DEMO_CLUSTERS_PER_CLASS = 12  # several batches per epoch; the size `make demo` had when the throughput table was measured
+DEMO_CLUSTERS_PER_CLASS = 12  # several batches per epoch; `make demo`'s size when the throughput table was measured
 
 
 def get_args(argv=None) -> Dict[str, argparse.Namespace]:

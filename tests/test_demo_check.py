@@ -10,6 +10,7 @@ import pytest
 
 from tools.demo_check import check_cells, check_fields, main
 from tools.run_dir import RunPaths
+from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ["im_Dyskeratotic", "im_Koilocytotic", "im_Metaplastic", "im_Parabasal", "im_Superficial-Intermediate"]
@@ -27,7 +28,8 @@ def field_summary(cells_per_field, right_per_field=None):
     fields = {name: {"cells": cells} for name, cells in zip(CROWDED, cells_per_field)}
     for name, right in zip(CROWDED, right_per_field or []):
         wrong = "im_Parabasal" if not name.startswith("im_Parabasal") else "im_Metaplastic"
-        fields[name]["counts"] = {**{c: 0 for c in CLASSES}, wrong: fields[name]["cells"] - right, Path(name).parts[0]: right}
+        fields[name]["counts"] = {**{c: 0 for c in CLASSES}, wrong: fields[name]["cells"] - right,
+                                  Path(name).parts[0]: right}
     return {"overall": {"cells": sum(cells_per_field)}, "fields": fields}
 
 
@@ -40,14 +42,15 @@ def test_cells_that_learned_pass_and_say_how_well():
                                            (dict(dice_nuc=0.15), "nucleus 0.150"),
                                            (dict(dice_cyt=0.8), "Dice cell 0.800")])
 def test_a_stage_near_chance_stops_the_demo(spoilt, named):
-    with pytest.raises(Exception, match=f"the demo did not learn: .*{named}"):
+    with pytest.raises(UserError, match=f"the demo did not learn: .*{named}"):
         check_cells(metrics(**spoilt))
 
 
 def test_fields_compare_found_cells_with_the_annotated_ones(demo_root):
     annotated = [len(list(demo_root.glob(f"{name}_cyt*.dat"))) for name in CROWDED]
-    assert "per cluster: " + ", ".join(f"{n}/{n}" for n in annotated) in check_fields(field_summary(annotated), demo_root)[0]
-    with pytest.raises(Exception, match=f"found 1 cells in 5 clusters that hold {sum(annotated)}"):
+    line = check_fields(field_summary(annotated), demo_root)[0]
+    assert "per cluster: " + ", ".join(f"{n}/{n}" for n in annotated) in line
+    with pytest.raises(UserError, match=f"found 1 cells in 5 clusters that hold {sum(annotated)}"):
         check_fields(field_summary([1, 0, 0, 0, 0]), demo_root)
 
 
@@ -56,7 +59,7 @@ def test_field_cells_must_mostly_get_their_clusters_class(demo_root):
     lines = check_fields(field_summary(annotated, right_per_field=[n - 1 for n in annotated]), demo_root)
     assert lines[1] == f"field classes: {sum(annotated) - 5} of the {sum(annotated)} cells found are given their " \
                        f"cluster's class (chance 0.20)"
-    with pytest.raises(Exception, match="1 of the .* cells found in the clusters are given their cluster's class"):
+    with pytest.raises(UserError, match="1 of the .* cells found in the clusters are given their cluster's class"):
         check_fields(field_summary(annotated, right_per_field=[1, 0, 0, 0, 0]), demo_root)
 
 
@@ -83,10 +86,11 @@ def test_cli_prints_one_line_per_stage(demo_root, tmp_path, capsys):
 def test_the_demo_recipe_learns_every_stage(tmp_path):
     """`make demo` as a user runs it (its own data and run folder here); tools/demo_check.py ends it with exit 2
     if a stage stayed at chance, so exit 0 and its four lines mean each stage learned."""
-    done = subprocess.run(["make", "-C", str(REPO), "demo", f"DEMO_DATA={tmp_path / 'data'}", f"DEMO_RUN={tmp_path / 'run'}"],
-                          capture_output=True, text=True)
+    done = subprocess.run(["make", "-C", str(REPO), "demo", f"DEMO_DATA={tmp_path / 'data'}",
+                           f"DEMO_RUN={tmp_path / 'run'}"], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     checked = [line for line in done.stdout.splitlines() if line.startswith("demo check: ")]
-    assert [line.split(":")[1].strip() for line in checked] == ["segmentation", "classification", "fields", "field classes"]
+    assert [line.split(":")[1].strip() for line in checked] == \
+        ["segmentation", "classification", "fields", "field classes"]
     assert (tmp_path / "run" / "outputs" / "eval" / "report.html").is_file()
     assert "Open:" in done.stdout and "Next, on your own images" in done.stdout
