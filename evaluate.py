@@ -59,7 +59,8 @@ from utils.visualization import (
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Evaluate the segmentation and classification checkpoints.",
+    parser = argparse.ArgumentParser(description="example: python evaluate.py --data-root data/demo --run-dir runs/demo\n"
+                                     "Evaluate the segmentation and classification checkpoints.",
                                      parents=[data_parser()], formatter_class=HelpFormatter)
     group = parser.add_argument_group("evaluation")
     group.add_argument("--split", default="test", **name_flag(["test", "val", "all"]),

@@ -23,7 +23,8 @@ from utils.errors import exit_on_user_error
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Export the segmentation and classification checkpoints to ONNX.",
+    parser = argparse.ArgumentParser(description="example: python export_onnx.py --run-dir runs/demo\n"
+                                                 "Export the segmentation and classification checkpoints to ONNX.",
                                      parents=[checkpoint_parser()], formatter_class=HelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="folder for segmentation.onnx and classification.onnx (default: RUN_DIR/outputs/onnx)")

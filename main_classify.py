@@ -31,7 +31,8 @@ from utils.errors import exit_on_user_error
 
 def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Train the 5-channel ConvNeXt cell classifier on RGB + predicted (or ground-truth) masks.",
+        description="example: python main_classify.py --data-root data/demo --run-dir runs/demo --preset cpu\n"
+                    "Train the 5-channel ConvNeXt cell classifier on RGB + predicted (or ground-truth) masks.",
         parents=[training_parser("classification")], formatter_class=HelpFormatter)
     group = parser.add_argument_group("classification")
     group.add_argument("--mask-source", default="predicted", **name_flag(["predicted", "gt"]),

@@ -33,7 +33,8 @@ from utils.errors import exit_on_user_error, note_kept
 
 def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Train the dual-head (cytoplasm + nucleus) attention U-Net, then export masks for every cell.",
+        description="example: python main_segment.py --data-root data/demo --run-dir runs/demo --preset cpu\n"
+                    "Train the dual-head (cytoplasm + nucleus) attention U-Net, then export masks for every cell.",
         parents=[training_parser("segmentation")], formatter_class=HelpFormatter)
     group = parser.add_argument_group("segmentation")
     group.add_argument("--decoder-channels", type=int, nargs=3, metavar=("D16", "D8", "D4"),

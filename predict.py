@@ -65,7 +65,8 @@ NC_RATIO_DEFINITION = "nucleus area / cytoplasm area, cytoplasm = whole cell min
 
 def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Segment and classify single-cell images with the trained checkpoints. Writes, per image, "
+        description="example: python predict.py cells/ --run-dir runs/demo\n"
+                    "Segment and classify single-cell images with the trained checkpoints. Writes, per image, "
                     "<name>_cyt.png (whole cell) and <name>_nuc.png masks (0/255, the image's size), <name>_overlay.png "
                     "and with --explain <name>_gradcam.png (<name>: the image's path below the inputs' common folder, "
                     "without extension), and predictions.csv/.json for the run. Exit code 0: every "

@@ -38,7 +38,7 @@ from utils.errors import UserError
 
 # The field model keeps its last epoch (the cosine schedule has ended): its validation tiles are mostly synthetic, and
 # the epoch best on them found the EDF nuclei worse (7 field models x 2 EDF splits: of the 14 test fields' nucleus F1,
-# 8 rose at the last epoch, 4 stayed, 2 fell; README).
+# 8 rose at the last epoch, 4 stayed, 2 fell; docs/experiments-fields.md).
 FIELD_TASK = Task("fields", segmentation_loss, SegmentationBatchMeter, monitor="dice_mean", keep_final=True)
 INSTANCE_TASK = Task("instances", segmentation_loss, SegmentationBatchMeter, monitor="dice_mean")
 

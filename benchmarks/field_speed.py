@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/field_speed.py`: the repo's packages are one folder up
 
 from benchmarks.herlev import git_commit  # noqa: E402
-from tools.config import name_flag  # noqa: E402
+from tools.config import HelpFormatter, name_flag  # noqa: E402
 from tools.fields.segment import load_field_models, segment_field  # noqa: E402
 from tools.inputs import input_files  # noqa: E402
 from tools.layouts import IMAGE_EXTENSIONS  # noqa: E402
@@ -54,7 +54,10 @@ BIG_BACKEND = "onnx"  # predict.py's default on a CPU
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="example: python benchmarks/field_speed.py --run-dir runs/isbi2014 "
+                    "--field ../shared/data/isbi2014/edf/edf01.png\n" + __doc__.splitlines()[0],
+        formatter_class=HelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True, help="run folder with checkpoints/fields_best.pth and instances_best.pth")
     parser.add_argument("--field", type=Path, nargs="*", default=[],
                         help="images, folders or glob patterns tiled into the field (default: a generated demo cluster image)")

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from benchmarks.herlev import git_commit, read_metrics, run  # noqa: E402
 from tools.acceleration import resolve_device  # noqa: E402
-from tools.config import backbone_name, device_name  # noqa: E402
+from tools.config import HelpFormatter, backbone_name, device_name  # noqa: E402
 from tools.inputs import mark_output_dir  # noqa: E402
 from utils.errors import UserError, exit_on_user_error  # noqa: E402
 
@@ -45,7 +45,10 @@ SPEED_FLAG_RUNS = {"default_flags": "defaults", "flags_off": "all off"}  # throu
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="example: python benchmarks/gpu_check.py --data-root ../shared/data/herlev\n"
+                    + __doc__.splitlines()[0],
+        formatter_class=HelpFormatter)
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data/herlev"), help="any data root with masks")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/gpu_check"),
                         help="folder for the run (run/), the log, the JSON and the Markdown table")

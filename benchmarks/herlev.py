@@ -27,7 +27,7 @@ from typing import Dict, List
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/herlev.py`: the repo's packages are one folder up
 
-from tools.config import PRESETS, name_flag  # noqa: E402
+from tools.config import PRESETS, HelpFormatter, name_flag  # noqa: E402
 from tools.inputs import mark_output_dir  # noqa: E402
 from tools.layouts import read_records  # noqa: E402
 from tools.splits import cross_validation_manifests, load_split  # noqa: E402
@@ -43,7 +43,10 @@ METRICS = {  # name in results -> (section of metrics.json, key)
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="example: python benchmarks/herlev.py --data-root ../shared/data/herlev "
+                    "--output-dir runs/benchmark_herlev\n" + __doc__.splitlines()[0],
+        formatter_class=HelpFormatter)
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data/herlev"), help="Herlev development set")
     parser.add_argument("--output-dir", type=Path, default=Path("runs/benchmark_herlev"), help="benchmark folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],

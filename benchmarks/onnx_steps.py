@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tools.acceleration import resolve_device  # noqa: E402
+from tools.config import HelpFormatter  # noqa: E402
 from tools.inference import FLIPS, CellPipeline, OnnxBackend, batched, onnx_pipeline, torch_pipeline  # noqa: E402
 from tools.layouts import read_records  # noqa: E402
 from tools.run_dir import RunPaths  # noqa: E402
@@ -40,7 +41,9 @@ STAGES = ("segmentation", "classification")
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="example: python benchmarks/onnx_steps.py --run-dir runs/herlev --data-root ../shared/data/herlev\n"
+                    + __doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True, help="run folder with both *_best.pth checkpoints")
     parser.add_argument("--data-root", type=Path, required=True, help="the data root the run was trained on")
     parser.add_argument("--repeats", type=int, default=2, help="passes over the test cells per step (medians reported)")

@@ -23,13 +23,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from predict import find_images  # noqa: E402
+from tools.config import HelpFormatter  # noqa: E402
 from utils.errors import exit_on_user_error  # noqa: E402
 
 BACKENDS = ("onnx", "torch")
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="example: python benchmarks/predict_speed.py --run-dir runs/herlev --images ../shared/data/herlev "
+                    "--cells 1000\n" + __doc__.splitlines()[0],
+        formatter_class=HelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True, help="run folder with both *_best.pth checkpoints")
     parser.add_argument("--images", type=Path, required=True, help="folder of cell images (searched recursively)")
     parser.add_argument("--cells", type=int, default=1000, help="images to predict per run")

@@ -77,13 +77,14 @@ from utils.errors import UserError, exit_on_user_error  # noqa: E402
 
 STAGES = ("segmentation", "classification")
 CLASS_NAMES = [f"class{i}" for i in range(6)]  # Herlev's 6 classes: only the classifier's last layer depends on them
-DEMO_CLUSTERS_PER_CLASS = 12  # as `make demo`: 168 cells, several batches per epoch
+DEMO_CLUSTERS_PER_CLASS = 12  # several batches per epoch; `make demo`'s size when the throughput table was measured
 
 
 def get_args(argv=None) -> Dict[str, argparse.Namespace]:
     """One resolved Namespace per stage asked for: unset flags filled from that stage's defaults and --preset."""
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], parents=[training_parser("segmentation")], formatter_class=HelpFormatter,
+        description="example: python benchmarks/throughput.py --preset cpu\n" + __doc__.splitlines()[0],
+        parents=[training_parser("segmentation")], formatter_class=HelpFormatter,
         epilog="Model flags left unset take each stage's value from tools/config.py (STAGE_DEFAULTS, PRESETS), as in "
                "training; the help above quotes the segmentation ones. Weights are random (--pretrained is ignored); "
                "--cache-dir is not used: cells are decoded before the loader is timed.")

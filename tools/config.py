@@ -15,7 +15,7 @@ from typing import Callable, Dict, Optional, Sequence
 from utils.errors import UserError
 
 STAGES = ("segmentation", "classification", "fields")
-# The seed's full configuration, meant for a GPU (the README's table)
+# The seed's full configuration, meant for a GPU (the preset table in docs/usage.md)
 STAGE_DEFAULTS = {
     "segmentation": dict(
         backbone="convnext_tiny",  # timm encoder with strides 4..32
@@ -51,7 +51,8 @@ STAGE_DEFAULTS = {
         ema_decay=0.0,
     ),
 }
-# `--preset cpu` overrides only what it must to train usefully on 2 CPU cores (README: how the preset got here)
+# `--preset cpu` overrides only what it must to train usefully on 2 CPU cores (docs/experiments-cells.md: how the
+# preset got here)
 PRESETS = {
     "cpu": {
         "segmentation": dict(
@@ -191,7 +192,15 @@ def cache_dir_arg(text: str) -> Optional[Path]:
 # ---------------------------------------------------------------- parsers
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show a default only where it says something (not None/False) and the help does not already."""
+    """Show a default only where it says something (not None/False) and the help does not already.
+
+    The description keeps its line breaks (each line still wrapped to the terminal), so that the usage example
+    each script's description opens with stands on its own line.
+    """
+
+    def _fill_text(self, text, width, indent):
+        fill = super()._fill_text
+        return "\n".join(fill(line, width, indent) if line.strip() else "" for line in text.splitlines())
 
     def _get_help_string(self, action):
         if action.default is None or action.default is False or action.default == argparse.SUPPRESS \

@@ -55,6 +55,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tools.config import HelpFormatter
 from utils.errors import UserError, exit_on_user_error
 
 SIPAKMED_CLASSES = ("im_Dyskeratotic", "im_Koilocytotic", "im_Metaplastic", "im_Parabasal",
@@ -438,7 +439,10 @@ def make_demo_dataset(out_dir, clusters_per_class=6, cells_per_cluster=DEFAULT_C
 
 @exit_on_user_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Generate a small synthetic Pap-smear dataset in the SIPaKMeD layout.")
+    parser = argparse.ArgumentParser(
+        description="example: python -m tools.demo_data --out data/demo --clusters-per-class 6\n"
+                    "Generate a small synthetic Pap-smear dataset in the SIPaKMeD layout.",
+        formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("data/demo"),
                         help="output folder; replaced if it already holds a demo dataset (default: data/demo)")
     parser.add_argument("--clusters-per-class", type=int, default=6, help="cluster images per class (default: 6)")

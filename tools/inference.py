@@ -32,8 +32,9 @@ from utils.preprocessing import (
 
 MASK_THRESHOLD = 0.5
 FLIPS = ((), (-1,), (-2,))  # identity, horizontal, vertical: cells have no preferred orientation
-# The classifier averages the three (test accuracy +0.07 on Herlev, README); the segmenter sees the identity only:
-# on Herlev's 197 val + test cells the flips moved Dice by 0.002 (0.9457 vs 0.9438) for 2x the time of a cell
+# The classifier averages the three (test accuracy +0.07 on Herlev, docs/experiments-cells.md); the segmenter sees
+# the identity only: on Herlev's 197 val + test cells the flips moved Dice by 0.002 (0.9457 vs 0.9438) for 2x the time
+# of a cell
 SEGMENTATION_FLIPS = ((),)
 GRAPH_OPTIMIZATIONS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                        "all": "ORT_ENABLE_ALL"}  # ONNX Runtime's levels, each including the one before

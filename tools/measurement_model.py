@@ -1,6 +1,6 @@
 """A classifier on the cell measurements alone (tools/morphometry.py), averaged with the CNN's probabilities.
 
-Measured by 5-fold cross-validation on Herlev (README, how the preset got here): the measurements alone grade
+Measured by 5-fold cross-validation on Herlev (docs/experiments-cells.md): the measurements alone grade
 about as well as the CNN, their errors differ, and the plain average of the two models' probabilities beats
 either one and beats the learned alternatives tried (measurements as an input of the CNN's head; a stacker
 fitted on the validation split). A multinomial logistic regression is used: as good as a random forest,

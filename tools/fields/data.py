@@ -37,7 +37,7 @@ from utils.preprocessing import PAD_RGB, normalize_image
 UNKNOWN = 255  # foreground value of a field whose cells are not outlined (ISBI EDF): the loss skips those pixels
 # Nuclei are brought to about this diameter (never by enlarging a field): ISBI 2014's median nucleus, so ISBI runs at
 # its native scale. At 16 px (scale 0.7, the earlier default) both the outlines and EDF nucleus detection were worse:
-# four test fields 0.871 vs 0.896 (README, "How the field mode got here").
+# four test fields 0.871 vs 0.896 (docs/experiments-fields.md, "How the field mode got here").
 NUCLEUS_TARGET_PX = 22.0
 
 
