@@ -29,11 +29,15 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.herlev import git_commit  # noqa: E402
 from benchmarks.slide_speed import made_slide, markdown, run_predict  # noqa: E402
+from tools.config import HelpFormatter  # noqa: E402
 from tools.instance_metrics import detection_scores, pool_detection_scores  # noqa: E402
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="example: python benchmarks/slide_accuracy.py --run-dir runs/isbi2014 --fields "
+                    "'../shared/data/isbi2014/edf/edf0?.png' --side 40000\n" + __doc__.splitlines()[0],
+        formatter_class=HelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True, help="run folder with the field models")
     parser.add_argument("--fields", nargs="+", required=True, help="annotated fields (<field>_nuclei.png beside each)")
     parser.add_argument("--side", type=int, default=40000, help="slide side in px")

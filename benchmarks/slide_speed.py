@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python benchmarks/slide_speed.py`: the repo's packages are one folder up
 
 from benchmarks.herlev import git_commit  # noqa: E402
+from tools.config import HelpFormatter  # noqa: E402
 
 PEAK_RSS_LAUNCHER = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
                      "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
@@ -32,7 +33,10 @@ PEAK_RSS_LAUNCHER = ("import resource, subprocess, sys; code = subprocess.call(s
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="example: python benchmarks/slide_speed.py --run-dir runs/isbi2014 --fields "
+                    "'../shared/data/isbi2014/edf/edf0?.png' --side 100000 --coverage 0.05\n" + __doc__.splitlines()[0],
+        formatter_class=HelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True, help="run folder with the field models (and a classifier)")
     parser.add_argument("--fields", nargs="+", required=True, help="field images to place on the slide")
     parser.add_argument("--side", type=int, default=100000, help="slide side in px")

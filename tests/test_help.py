@@ -13,12 +13,15 @@ SCRIPTS = {
     "export_onnx": "export_onnx.py",
     "tools.demo_data": "tools.demo_data",
     "tools.demo_check": "tools.demo_check",
+    "tools.fields.make_slide": "tools.fields.make_slide",
     "benchmarks.field_speed": "benchmarks/field_speed.py",
     "benchmarks.gpu_check": "benchmarks/gpu_check.py",
     "benchmarks.herlev": "benchmarks/herlev.py",
     "benchmarks.onnx_steps": "benchmarks/onnx_steps.py",
     "benchmarks.predict_speed": "benchmarks/predict_speed.py",
     "benchmarks.throughput": "benchmarks/throughput.py",
+    "benchmarks.slide_speed": "benchmarks/slide_speed.py",
+    "benchmarks.slide_accuracy": "benchmarks/slide_accuracy.py",
 }
 
 

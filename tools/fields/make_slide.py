@@ -20,6 +20,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from tools.config import HelpFormatter
 from utils.errors import UserError, exit_on_user_error
 from utils.files import written_atomically
 from utils.preprocessing import read_image
@@ -31,7 +32,9 @@ FIELD_GAP_PX = 64  # at least this much glass between two fields
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description="example: python -m tools.fields.make_slide '../shared/data/isbi2014/edf/edf0?.png' --side 40000 "
+                    "--out slides/edf8.tiff\n" + __doc__.split("\n\n")[2].replace("\n", " "), formatter_class=HelpFormatter)
     parser.add_argument("fields", nargs="+", help="field images to place (PNG, BMP, ...; quoted globs are expanded)")
     parser.add_argument("--out", type=Path, required=True, help="the slide to write (.tiff); the manifest goes beside it (.json)")
     parser.add_argument("--side", type=int, default=40000, help="slide width and height in px (level 0)")
