@@ -13,7 +13,6 @@ only in the benchmark's temporary folder: the product keeps float32 unless int8 
 """
 import argparse
 import json
-import logging
 import os
 import statistics
 import sys
@@ -82,21 +81,10 @@ def calibration_batches(pipeline: CellPipeline, images: Sequence[np.ndarray], ba
 
 
 def quantize(fp32: Path, int8: Path, feeds: List[Dict[str, np.ndarray]]) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """Every convolution in int8 (the steps' table was measured so; predict.py --fields keeps a few in float32)."""
+    from tools.onnx_export import quantize_graph
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.feeds = iter(feeds)
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    logging.getLogger().setLevel(logging.ERROR)  # a warning per LayerNorm weight that has no channel axis to quantise per
-    prepared = int8.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # it fails on the attention head's reshapes
-    quantize_static(str(prepared), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_graph(fp32, int8, feeds, float_nodes=())
 
 
 def build_steps(args, workdir: Path, calibration_images) -> Dict[str, CellPipeline]:

@@ -258,30 +258,53 @@ class OnnxBackend:
         return np.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]  # U-Nets: [B, 2, S, S]
 
 
-def onnx_backend(onnx_dir: Path, stage: str, checkpoint: Path, threads: Optional[int] = None) -> OnnxBackend:
+def onnx_backend(onnx_dir: Path, stage: str, checkpoint: Path, threads: Optional[int] = None,
+                 calibration: Optional[Callable[[], Sequence[dict]]] = None) -> OnnxBackend:
     """The session of <onnx_dir>/<stage>.onnx, exported from `checkpoint` first when absent, unreadable, made from
-    another checkpoint (its metadata `source` is the checkpoint file's sha1) or in an older EXPORT_FORMAT."""
+    another checkpoint (its metadata `source` is the checkpoint file's sha1) or in an older EXPORT_FORMAT.
+
+    With `calibration` (a function returning batches of typical inputs, {input name: array}), the int8 graph
+    <onnx_dir>/<stage>.int8.onnx instead, quantised from the float one once per checkpoint
+    (tools/onnx_export.quantize_graph)."""
     if not Path(checkpoint).is_file():
         from tools.checkpoint import load_checkpoint
 
         load_checkpoint(checkpoint, stage)  # raises the one-line error that names it
-    path, source = Path(onnx_dir) / f"{stage}.onnx", file_sha1(checkpoint)
-    for attempt in range(2):
-        try:
-            backend = OnnxBackend(path, threads)
-        except Exception:  # absent or unreadable: export below
-            backend = None
-        if backend is not None and backend.metadata.get("source") == source \
-                and backend.metadata.get("export_format", "1") == EXPORT_FORMAT:
-            return backend
-        if attempt == 0:
-            from tools.onnx_export import TOLERANCE, export_stage
+    source = file_sha1(checkpoint)
+    int8_path = Path(onnx_dir) / f"{stage}.int8.onnx"
+    if calibration is not None:
+        quantized = current_export(int8_path, source, threads)
+        if quantized is not None:
+            return quantized
+    path = Path(onnx_dir) / f"{stage}.onnx"
+    backend = current_export(path, source, threads)
+    if backend is None:
+        from tools.onnx_export import TOLERANCE, export_stage
 
-            print(f"exporting {checkpoint} to {path} (once per checkpoint)")
-            _, difference = export_stage(stage, checkpoint, path)
-            if difference > TOLERANCE:
-                print(f"warning: {path} differs from PyTorch by up to {difference:.2e} (> {TOLERANCE:g}) on random inputs")
-    raise UserError(f"{path}: the ONNX export does not match {checkpoint}; delete the file and run again")
+        print(f"exporting {checkpoint} to {path} (once per checkpoint)")
+        _, difference = export_stage(stage, checkpoint, path)
+        if difference > TOLERANCE:
+            print(f"warning: {path} differs from PyTorch by up to {difference:.2e} (> {TOLERANCE:g}) on random inputs")
+        backend = current_export(path, source, threads)
+        if backend is None:
+            raise UserError(f"{path}: the ONNX export does not match {checkpoint}; delete the file and run again")
+    if calibration is None:
+        return backend
+    from tools.onnx_export import quantize_graph
+
+    print(f"quantising {path} to {int8_path} (int8, once per checkpoint)")
+    quantize_graph(path, int8_path, calibration())
+    return current_export(int8_path, source, threads)
+
+
+def current_export(path: Path, source: str, threads: Optional[int]) -> Optional[OnnxBackend]:
+    """The session of an exported graph made from the checkpoint whose sha1 is `source` in this EXPORT_FORMAT, or None."""
+    try:
+        backend = OnnxBackend(path, threads)
+    except Exception:  # absent or unreadable
+        return None
+    metadata = backend.metadata
+    return backend if metadata.get("source") == source and metadata.get("export_format", "1") == EXPORT_FORMAT else None
 
 
 def onnx_pipeline(onnx_dir: Path, seg_checkpoint: Optional[Path], cls_checkpoint: Optional[Path],

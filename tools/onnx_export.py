@@ -146,3 +146,47 @@ def export_run(seg_checkpoint: Path, cls_checkpoint: Path, out_dir: Path, opset:
     """Export both single-cell checkpoints into out_dir. Returns {stage: (onnx path, max difference from PyTorch, or nan)}."""
     return {stage: export_stage(stage, checkpoint, Path(out_dir) / f"{stage}.onnx", opset, check)
             for stage, checkpoint in (("segmentation", seg_checkpoint), ("classification", cls_checkpoint))}
+
+
+# ---------------------------------------------------------------- int8
+
+# Convolutions kept in float32 when a graph is quantised: the stem, which sees the raw image, and the two heads, whose
+# logits are thresholded (with them in int8 the EDF fields lost a test-field nucleus or two; docs/experiments-fields.md)
+FLOAT_NODES = ("conv_stem", "/head/")
+
+
+def quantize_graph(fp32: Path, int8: Path, batches: Sequence[Dict[str, np.ndarray]],
+                   float_nodes: Sequence[str] = FLOAT_NODES) -> Path:
+    """Quantise an exported graph to int8 (static, QDQ: per-channel int8 weights, uint8 activations whose ranges
+    are the min-max over `batches`, typical inputs of the model); the convolutions whose names hold one of
+    `float_nodes` stay float32. The file keeps the float graph's metadata, with precision 'int8', and appears under
+    its name whole."""
+    import logging
+
+    import onnxruntime.quantization as quantization
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(batches)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    logging.getLogger().setLevel(logging.ERROR)  # a warning per LayerNorm weight that has no channel axis to quantise per
+    graph = onnx.load(str(fp32))
+    metadata = {prop.key: prop.value for prop in graph.metadata_props}
+    keep = [node.name for node in graph.graph.node if node.op_type == "Conv" and any(part in node.name for part in float_nodes)]
+    prepared = int8.with_name(f".{int8.name}.pre.onnx")
+    with written_atomically(int8) as tmp_path:
+        try:
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # it fails on attention reshapes
+            quantization.quantize_static(str(prepared), str(tmp_path), Batches(), quant_format=quantization.QuantFormat.QDQ,
+                                         per_channel=True, activation_type=quantization.QuantType.QUInt8,
+                                         weight_type=quantization.QuantType.QInt8, nodes_to_exclude=keep)
+        finally:
+            prepared.unlink(missing_ok=True)
+        quantized = onnx.load(str(tmp_path))
+        onnx.helper.set_model_props(quantized, {**metadata, "precision": "int8"})
+        onnx.save(quantized, str(tmp_path))
+    return int8

@@ -32,6 +32,7 @@ from tools.inference import (
     sigmoid,
 )
 from tools.layouts import CLUSTER_CROP_MARGIN
+from utils.errors import UserError
 from utils.preprocessing import PAD_RGB, fill_holes, largest_component, normalize_image
 
 # Nucleus instances, relative to the run's median nucleus (its diameter at the model scale: FieldModels.nucleus_px).
@@ -399,12 +400,36 @@ def torch_field_models(fields_checkpoint, instances_checkpoint, device, batch_si
 
 
 def onnx_field_models(onnx_dir, fields_checkpoint, instances_checkpoint, threads: Optional[int] = None,
-                      batch_size: int = 8) -> FieldModels:
+                      batch_size: int = 8, precision: str = "fp32") -> FieldModels:
     """The two field models run by ONNX Runtime from <onnx_dir>/{fields,instances}.onnx (exported once per checkpoint);
-    their metadata carry the checkpoints' args, read as torch_field_models reads them."""
-    field = onnx_backend(onnx_dir, "fields", fields_checkpoint, threads)
-    instances = onnx_backend(onnx_dir, "instances", instances_checkpoint, threads)
+    their metadata carry the checkpoints' args, read as torch_field_models reads them.
+
+    precision 'int8': from <onnx_dir>/{fields,instances}.int8.onnx, quantised once per checkpoint on inputs cut from
+    the run's training fields (tools/fields/data.calibration_batches); float32, with a note, where those fields are
+    not to be found."""
+    checkpoints = {"fields": fields_checkpoint, "instances": instances_checkpoint}
+    backends = {}
+    for stage, checkpoint in checkpoints.items():
+        calibration = (lambda stage=stage, checkpoint=checkpoint: calibration_inputs(checkpoint, stage)) \
+            if precision == "int8" else None
+        try:
+            backends[stage] = onnx_backend(onnx_dir, stage, checkpoint, threads, calibration)
+        except CalibrationUnavailable as error:
+            print(f"note: {error}: the {stage} model runs in float32, not int8")
+            backends[stage] = onnx_backend(onnx_dir, stage, checkpoint, threads)
+    field, instances = backends["fields"], backends["instances"]
     return field_models(field, instances, int(field.metadata["tile_size"]), instances.metadata, batch_size)
+
+
+class CalibrationUnavailable(UserError):
+    """The run's training fields are not where its checkpoint says: the field models stay in float32."""
+
+
+def calibration_inputs(checkpoint, stage: str):
+    """tools/fields/data.calibration_batches, imported only when a model is quantised (it needs torch)."""
+    from tools.fields.data import calibration_batches
+
+    return calibration_batches(checkpoint, stage)
 
 
 def field_models(field: Backend, instances: Backend, tile: int, settings: Mapping, batch_size: int) -> FieldModels:
@@ -416,7 +441,7 @@ def field_models(field: Backend, instances: Backend, tile: int, settings: Mappin
 
 
 def load_field_models(fields_checkpoint, instances_checkpoint, onnx_dir, backend: str = "auto", device_name: str = "auto",
-                      threads: Optional[int] = None, batch_size: int = 8) -> FieldModels:
+                      threads: Optional[int] = None, batch_size: int = 8, precision: str = "fp32") -> FieldModels:
     """The two field models, run by ONNX Runtime or PyTorch as tools/inference.load_pipeline chooses for the cells.
 
     Args:
@@ -424,9 +449,10 @@ def load_field_models(fields_checkpoint, instances_checkpoint, onnx_dir, backend
         backend: 'onnx', 'torch', or 'auto' (tools/inference.resolve_backend).
         device_name: PyTorch's device (auto, cpu, cuda, cuda:N).
         threads: ONNX Runtime threads (default: the cores this process may use).
+        precision: 'fp32', or 'int8' (ONNX Runtime only: onnx_field_models).
     """
     if resolve_backend(backend, device_name) == "onnx":
-        return onnx_field_models(onnx_dir, fields_checkpoint, instances_checkpoint, threads, batch_size)
+        return onnx_field_models(onnx_dir, fields_checkpoint, instances_checkpoint, threads, batch_size, precision)
     from tools.acceleration import resolve_device
 
     return torch_field_models(fields_checkpoint, instances_checkpoint, resolve_device(device_name), batch_size)

@@ -54,6 +54,7 @@ class ModelSpec:
     device: str = "auto"
     threads: Optional[int] = None  # ONNX Runtime threads per model
     batch_size: int = 8
+    precision: str = "fp32"  # the field models' on ONNX Runtime: fp32 or int8 (tools/fields/segment.onnx_field_models)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def loaded_models(spec: ModelSpec) -> Tuple[FieldModels, Optional[object]]:
             from tools.inference import load_pipeline
 
             models = load_field_models(spec.field_checkpoint, spec.instance_checkpoint, spec.onnx_dir, spec.backend,
-                                       spec.device, spec.threads, spec.batch_size)
+                                       spec.device, spec.threads, spec.batch_size, spec.precision)
             classifier = None if spec.cls_checkpoint is None else \
                 load_pipeline(None, spec.cls_checkpoint, spec.onnx_dir, spec.backend, spec.device, spec.threads)
             _loaded[spec] = (models, classifier)
@@ -207,7 +208,7 @@ def run_fingerprint(spec: ModelSpec, settings: ScreenSettings) -> str:
     """What makes two runs find the same cells: the checkpoints' contents and the settings."""
     files = [spec.field_checkpoint, spec.instance_checkpoint, spec.cls_checkpoint]
     hashes = [file_sha1(Path(f)) if f else None for f in files]
-    return hashlib.sha1(json.dumps([hashes, asdict(settings), spec.backend], default=str).encode()).hexdigest()
+    return hashlib.sha1(json.dumps([hashes, asdict(settings), spec.backend, spec.precision], default=str).encode()).hexdigest()
 
 
 def block_job(plan: InputPlan, index: int, settings: ScreenSettings, spec: ModelSpec) -> BlockJob:
