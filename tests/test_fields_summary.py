@@ -51,3 +51,12 @@ def test_without_a_classifier_the_summary_counts_only(tmp_path):
 def test_an_empty_slide_is_unsatisfactory(tmp_path):
     summary = summarise_cells(write_cells(tmp_path / "cells.csv", []), CLASSES, CallRule(), None)
     assert summary["cells"] == 0 and summary["call"] == "unsatisfactory" and summary["most_suspicious"] == []
+
+
+def test_a_run_of_several_inputs_ranks_cells_whose_ids_repeat(tmp_path):
+    """The run's cells.csv holds every input's cells, numbered from 1 in each: equal probabilities must not clash."""
+    cells_csv = write_cells(tmp_path / "cells.csv", [[0.3, 0.3, 0.4]] * 2)
+    with open(cells_csv, "a", newline="") as table:
+        table.write(open(cells_csv).read().split("\n", 1)[1])  # the same rows again: ids 1, 2 once more
+    summary = summarise_cells(cells_csv, CLASSES, CallRule(gallery=3), None)
+    assert summary["cells"] == 4 and [cell["id"] for cell in summary["most_suspicious"]] == [1, 2, 1]

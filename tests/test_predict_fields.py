@@ -50,12 +50,21 @@ def test_a_damaged_slide_is_one_line_and_the_others_are_finished(run_dir, slides
     assert summary["settings"]["failed"][0]["file"] == str(broken)
 
 
-def test_a_slide_without_microns_per_pixel_is_said_once(run_dir, slides, tmp_path, capsys):
-    assert predict_fields([slides / "without_mpp.tiff", slides / "with_mpp.tiff"], run_dir, tmp_path / "out") == 0
+def test_slides_without_microns_per_pixel_are_said_once(run_dir, slides, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(slide, "loaded_models", lambda spec: (fake_field_models(mpp=0.5), FakeClassifier()))
+    inputs = [slides / "without_mpp.tiff", slides / "with_mpp.tiff", slides / "without_mpp_too.tiff"]
+    inputs[2].write_bytes(inputs[0].read_bytes())
+    assert predict_fields(inputs, run_dir, tmp_path / "out") == 0
     out = capsys.readouterr().out
     assert out.count("no microns per pixel in its metadata") == 1 and "without_mpp.tiff" in out
     summaries = json.loads((tmp_path / "out" / "summary.json").read_text())["fields"]
     assert summaries["without_mpp"]["mpp"] is None and summaries["with_mpp"]["mpp"] == 0.5
+
+
+def test_without_microns_per_pixel_on_either_side_nothing_is_said_per_slide(run_dir, slides, tmp_path, capsys):
+    assert predict_fields([slides / "without_mpp.tiff"], run_dir, tmp_path / "out") == 0
+    out = capsys.readouterr().out
+    assert "no microns per pixel" not in out and out.count("training data had no --mpp") == 1
 
 
 def test_mpp_flag_overrides_the_metadata(run_dir, slides, tmp_path):

@@ -37,6 +37,8 @@ from tools.fields.tissue import TissueMap, everywhere, find_tissue
 from utils.errors import UserError, note_kept
 from utils.files import file_sha1, written_atomically
 
+NO_MPP_NOTE = ("no microns per pixel in its metadata: read as if at the training data's scale (give --mpp); the "
+               "same for any other input without them")
 LABELS_AUTO_MAX_PX = 25_000_000  # --labels auto: PNG label images and an overlay up to this many pixels (5000 x 5000)
 
 
@@ -187,8 +189,8 @@ def plan_input(path: Path, name: str, models: FieldModels, settings: ScreenSetti
     reader = open_slide(path)
     notes = []
     mpp = settings.mpp or reader.mpp
-    if mpp is None:
-        notes.append("no microns per pixel in its metadata: read as if at the training data's scale (give --mpp)")
+    if mpp is None and models.mpp is not None:  # unknown on the training side: predict.py says so once for the run
+        notes.append(NO_MPP_NOTE)
     scale = input_scale(models, mpp)
     if settings.tissue_threshold == 0:
         tissue = everywhere(reader)
@@ -287,6 +289,7 @@ class Screening:
     summaries: Dict[str, Dict] = field(default_factory=dict)
     failed: List[Dict] = field(default_factory=list)
     progress: object = None
+    said: set = field(default_factory=set)  # notes said once for the whole run
 
     def items(self, inputs: Sequence[Tuple[Path, str]]) -> Iterator:
         """Every input's blocks still to screen, then its finishing step; inputs are planned as the run reaches them."""
@@ -298,7 +301,9 @@ class Screening:
                 self.fail(str(path), str(error))
                 continue
             for note in plan.notes:
-                self.say(f"note: {path}: {note}")
+                if note not in self.said:
+                    self.say(f"note: {path}: {note}")
+                    self.said.add(note)
             if not self.force and self.finished_before(plan):
                 yield FinishItem(plan, None)
                 continue

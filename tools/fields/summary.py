@@ -50,7 +50,7 @@ def the_call(cells: int, abnormal: int, classified: bool, rule: CallRule) -> str
 def summarise_cells(cells_csv: Path, class_names: Optional[Sequence[str]], rule: CallRule,
                     mpp: Optional[float]) -> Dict:
     """Counts, the call and the `rule.gallery` most suspicious cells (highest summed abnormal probability first,
-    then by number), each with its place on the slide in px and, when the scale is known, in microns."""
+    then in the table's order), each with its place on the slide in px and, when the scale is known, in microns."""
     abnormal_names = abnormal_classes(class_names) if class_names else []
     counts, cells, abnormal, heap = Counter(), 0, 0, []
     with open(cells_csv, newline="") as table:
@@ -61,7 +61,7 @@ def summarise_cells(cells_csv: Path, class_names: Optional[Sequence[str]], rule:
                 continue
             probability = sum(float(row[f"prob_{name}"]) for name in abnormal_names)
             abnormal += probability >= rule.abnormal_probability
-            item = (probability, -int(row["id"]), row)
+            item = (probability, -cells, row)  # ties: the earlier row first (ids repeat across a run's inputs)
             if len(heap) < rule.gallery:
                 heapq.heappush(heap, item)
             elif rule.gallery:
