@@ -107,3 +107,39 @@ def test_evaluate_fields_writes_nucleus_and_cell_scores(fields_run, demo_root):
     assert set(metrics["cells"]) >= {"dice", "fno", "aji", "n_gt"}
     assert metrics["cells"]["n_gt"] > 0
     assert len(metrics["by_folder"]) == 5  # one per class folder
+
+
+def test_int8_field_models_are_quantised_once_on_the_training_fields(fields_run, demo_root, tmp_path, capsys):
+    import onnx
+
+    fields = crowded_fields(demo_root)[:2]
+    args = [*map(str, fields), "--fields", "--run-dir", str(fields_run), "--device", "cpu", "--precision", "int8"]
+    assert predict.main([*args, "--output-dir", str(tmp_path / "first")]) == 0
+    assert capsys.readouterr().out.count("(int8, once per checkpoint)") == 2
+    for stage in ("fields", "instances"):
+        graph = onnx.load(str(fields_run / "outputs" / "onnx" / f"{stage}.int8.onnx"))
+        ops = {node.name: node.op_type for node in graph.graph.node}
+        assert "QuantizeLinear" in ops.values()
+        metadata = {prop.key: prop.value for prop in graph.metadata_props}
+        assert metadata["precision"] == "int8" and "tile_size" in metadata
+    assert predict.main([*args, "--output-dir", str(tmp_path / "again")]) == 0
+    assert "int8, once per checkpoint" not in capsys.readouterr().out  # reused
+    summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("first", "again")]
+    assert summaries[0]["fields"].keys() == summaries[1]["fields"].keys()
+
+
+def test_int8_without_the_training_fields_runs_in_float32_with_a_note(fields_run, demo_root, tmp_path, capsys):
+    import shutil
+
+    moved = tmp_path / "run"
+    shutil.copytree(fields_run / "checkpoints", moved / "checkpoints")  # its args still name the demo data's run folder
+    checkpoint = torch.load(moved / "checkpoints" / "fields_best.pth", weights_only=False, map_location="cpu")
+    checkpoint["provenance"]["data_root"] = str(tmp_path / "gone")
+    checkpoint["args"]["data_root"] = tmp_path / "gone"
+    torch.save(checkpoint, moved / "checkpoints" / "fields_best.pth")
+    fields = crowded_fields(demo_root)[:1]
+    assert predict.main([*map(str, fields), "--fields", "--run-dir", str(moved), "--device", "cpu", "--precision", "int8",
+                         "--output-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "the fields model runs in float32, not int8" in out and "gone" in out
+    assert not (moved / "outputs" / "onnx" / "fields.int8.onnx").exists()
