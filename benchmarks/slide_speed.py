@@ -102,8 +102,9 @@ def main(argv=None) -> None:
     args = get_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     slide = args.work_dir / f"slide_{args.side}_{args.coverage:g}.tiff"
+    existed = slide.exists()
     manifest = made_slide(args.fields, slide, args.side, args.coverage, args.mpp, args.seed)
-    if "make_seconds" in manifest:
+    if not existed:
         print(f"made {slide} in {manifest['make_seconds']} s ({slide.stat().st_size / 1e6:.0f} MB)")
     load = os.getloadavg()[0]
     result = run_predict([slide], args.run_dir, args.work_dir / "out", args.predict_flags)

@@ -48,3 +48,13 @@ def test_the_glass_is_the_commonest_grey_with_its_noise_even_beside_a_large_unif
     image[:30] = (120, 80, 140)
     glass, noise = glass_colour(image)
     assert np.allclose(glass, 225, atol=1) and 1 <= noise <= 3
+
+
+def test_box_in_is_the_tissue_units_inside_a_region_clipped_to_it(slide):
+    path, manifest = slide
+    tissue = find_tissue(open_slide(path))
+    placed = manifest["fields"][0]
+    box = tissue.box_in(placed["y"] - 300, placed["x"] - 300, placed["y"] + 500, placed["x"] + 500)
+    assert box is not None and box[0] >= placed["y"] - 300 and box[2] <= placed["y"] + 500
+    assert box[0] <= placed["y"] + 70 and box[2] >= placed["y"] + 130  # holds the cell's middle
+    assert tissue.region(*box).any() and tissue.box_in(0, 0, 1, 1) in (None, (0, 0, 1, 1))

@@ -31,7 +31,7 @@ import numpy as np
 from tools.fields.journal import SlideJournal
 from tools.fields.outputs import CellRecord, cell_record
 from tools.fields.readers import SlideReader, open_slide
-from tools.fields.segment import FieldModels, classify_cells, nucleus_on_edge, segment_block
+from tools.fields.segment import NUCLEUS_MARGIN, FieldModels, classify_cells, nucleus_on_edge, segment_block
 from tools.fields.summary import CallRule, summarise_cells
 from tools.fields.tissue import TissueMap, everywhere, find_tissue
 from utils.errors import UserError, note_kept
@@ -173,15 +173,20 @@ def input_scale(models: FieldModels, input_mpp: Optional[float]) -> float:
     return models.scale * input_mpp / models.mpp
 
 
-def plan_blocks(shape: Tuple[int, int], block: int, halo: int, tissue: TissueMap):
-    """(region, core) of every block that holds tissue, row by row."""
+def plan_blocks(shape: Tuple[int, int], block: int, halo: int, margin: int, tissue: TissueMap):
+    """(region, core) of every block that holds tissue, row by row. A block is read no further than its tissue
+    (within `margin` px of its core, where its nuclei may reach) and a halo around that: a lone cluster's block is
+    read around the cluster, not whole."""
     blocks = []
     for top in range(0, shape[0], block):
         for left in range(0, shape[1], block):
             core = (top, left, min(top + block, shape[0]), min(left + block, shape[1]))
-            if tissue.any_in(*core):
-                region = (max(top - halo, 0), max(left - halo, 0), min(core[2] + halo, shape[0]), min(core[3] + halo, shape[1]))
-                blocks.append((region, core))
+            if not tissue.any_in(*core):
+                continue
+            reach = (max(top - margin, 0), max(left - margin, 0), min(core[2] + margin, shape[0]), min(core[3] + margin, shape[1]))
+            box = tissue.box_in(*reach)
+            region = (max(box[0] - halo, 0), max(box[1] - halo, 0), min(box[2] + halo, shape[0]), min(box[3] + halo, shape[1]))
+            blocks.append((region, core))
     return blocks
 
 
@@ -197,7 +202,8 @@ def plan_input(path: Path, name: str, models: FieldModels, settings: ScreenSetti
     else:
         tissue = find_tissue(reader, threshold=settings.tissue_threshold)
     halo = int(np.ceil(models.window / scale / 2)) + 8  # any cell whose nucleus centre is in the block fits
-    blocks = plan_blocks(reader.shape, settings.block, halo, tissue)
+    margin = int(np.ceil(NUCLEUS_MARGIN * models.nucleus_px / scale))
+    blocks = plan_blocks(reader.shape, settings.block, halo, margin, tissue)
     pixels = reader.shape[0] * reader.shape[1]
     labels = settings.labels if settings.labels != "auto" else ("png" if pixels <= LABELS_AUTO_MAX_PX else "none")
     stat = Path(path).stat()

@@ -43,6 +43,16 @@ class TissueMap:
     def any_in(self, top: int, left: int, bottom: int, right: int) -> bool:
         return bool(self.region(top, left, bottom, right).any())
 
+    def box_in(self, top: int, left: int, bottom: int, right: int) -> Optional[Tuple[int, int, int, int]]:
+        """(top, left, bottom, right) in slide px of the tissue units inside a region, clipped to it; None: none."""
+        u, units = self.unit, self.region(top, left, bottom, right)
+        rows, cols = np.nonzero(units.any(axis=1))[0], np.nonzero(units.any(axis=0))[0]
+        if rows.size == 0:
+            return None
+        first_row, first_col = max(top, 0) // u, max(left, 0) // u
+        return (max((first_row + rows[0]) * u, top), max((first_col + cols[0]) * u, left),
+                min((first_row + rows[-1] + 1) * u, bottom), min((first_col + cols[-1] + 1) * u, right))
+
 
 def overview_level(reader: SlideReader, px_per_overview: float) -> int:
     """The coarsest level whose pixels are no larger than an overview pixel."""
