@@ -14,6 +14,10 @@ DEMO_SEGMENT_FLAGS := --preset cpu --epochs 8 --oof-folds 0
 DEMO_CLASSIFY_FLAGS := --preset cpu --epochs 8
 # Field models: tiles and cell windows shrunk to the demo's small cluster images (384 x 288 px)
 DEMO_FIELD_FLAGS := --preset cpu --epochs 4 --instance-epochs 6 --img-size 128 --instance-size 96
+# A whole slide as a scanner writes it (pyramidal JPEG TIFF, 0.5 um/px) holding 15 of the demo's cluster images on
+# glass; 50 cells suffice for its call (a real slide needs 5000: predict.py --min-cells)
+DEMO_SLIDE := $(DEMO_DATA)_slide/demo_slide.tiff
+DEMO_SLIDE_FLAGS := --side 8192 --mpp 0.5
 HERLEV ?= ../shared/data/herlev
 # prepare_cells' cache of decoded cells (--cache-dir; README: Data layouts), expanded by the shell
 CELL_CACHE := $${CERVICAL_CYTOLOGY_CACHE:-$$HOME/.cache/cervical-cytology/cells}
@@ -28,10 +32,11 @@ define DEMO_NEXT
 Open:
   $(DEMO_RUN)/outputs/eval/report.html             both cell stages on the test split, in one page
   $(DEMO_RUN)/outputs/fields/*/*/002_overlay.png   every cell found in the crowded clusters, coloured by class
-  (coming: the whole-slide report)
+  $(DEMO_RUN)/outputs/slide/demo_slide_report.html   the slide's answer: its call, counts and most suspicious cells
 Next, on your own images (each script's -h opens with an example):
   $(PY) predict.py MY_CELLS/ --run-dir $(DEMO_RUN)                    # single cells
   $(PY) predict.py 'MY_FIELDS/*.png' --fields --run-dir $(DEMO_RUN)   # fields of view
+  $(PY) predict.py MY_SLIDES/ --fields --run-dir $(DEMO_RUN)          # whole slides (.svs .ndpi .mrxs .tiff ...)
   $(PY) main_segment.py --data-root MY_DATA --run-dir runs/mine --preset cpu   # train on yours; then main_classify.py
 endef
 export DEMO_NEXT
@@ -46,7 +51,8 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 # Cells: both stages and the evaluation; fields: the field models on the demo's cluster images, then every cell of the
-# crowded clusters found, separated and classified; then the check that each stage learned, and what to look at
+# crowded clusters found, separated and classified, and a generated slide screened; then the check that each stage
+# learned, and what to look at
 demo: setup
 	$(PY) -m tools.demo_data --out $(DEMO_DATA) --clusters-per-class $(DEMO_CLUSTERS)
 	$(PY) main_segment.py --data-root $(DEMO_DATA) --run-dir $(DEMO_RUN) $(DEMO_SEGMENT_FLAGS)
@@ -54,6 +60,8 @@ demo: setup
 	$(PY) evaluate.py --data-root $(DEMO_DATA) --run-dir $(DEMO_RUN)
 	$(PY) main_segment.py --data-root $(DEMO_DATA) --layout sipakmed-fields --run-dir $(DEMO_RUN) $(DEMO_FIELD_FLAGS)
 	$(PY) predict.py '$(DEMO_DATA)/*/*/002.bmp' --fields --run-dir $(DEMO_RUN) --output-dir $(DEMO_RUN)/outputs/fields
+	$(PY) -m tools.fields.make_slide '$(DEMO_DATA)/*/*/00[0-2].bmp' --out $(DEMO_SLIDE) $(DEMO_SLIDE_FLAGS)
+	$(PY) predict.py $(DEMO_SLIDE) --fields --run-dir $(DEMO_RUN) --output-dir $(DEMO_RUN)/outputs/slide --min-cells 50
 	$(PY) -m tools.demo_check --data-root $(DEMO_DATA) --run-dir $(DEMO_RUN)
 	@echo "$$DEMO_NEXT"
 
@@ -79,5 +87,5 @@ gpu-check: setup
 	$(PY) benchmarks/gpu_check.py --data-root $(HERLEV) --output-dir runs/gpu_check
 
 clean:
-	rm -rf $(DEMO_RUN) runs/herlev
+	rm -rf $(DEMO_RUN) runs/herlev $(dir $(DEMO_SLIDE))
 	rm -f "$(CELL_CACHE)"/cells-*.npz "$(CELL_CACHE)"/.cells-*.tmp

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.demo_check import check_cells, check_fields, main
+from tools.demo_check import check_cells, check_fields, check_slide, main
 from tools.run_dir import RunPaths
 from utils.errors import UserError
 
@@ -63,6 +63,23 @@ def test_field_cells_must_mostly_get_their_clusters_class(demo_root):
         check_fields(field_summary(annotated, right_per_field=[1, 0, 0, 0, 0]), demo_root)
 
 
+def slide_summary(tmp_path, demo_root, cells):
+    """predict.py's summary.json for a slide that tools/fields/make_slide.py made of the crowded clusters."""
+    slide = tmp_path / "slide.tiff"
+    placed = [{"image": str(demo_root / f"{name}.bmp"), "annotation": "", "y": 0, "x": 0} for name in CROWDED]
+    slide.with_suffix(".json").write_text(json.dumps({"slide": slide.name, "fields": placed}))
+    return {"fields": {"slide": {"input": str(slide), "cells": cells, "call": "abnormal", "abnormal_per_1000": 600.0}}}
+
+
+def test_slide_compares_found_cells_with_those_of_the_placed_clusters(demo_root, tmp_path):
+    annotated = sum(len(list(demo_root.glob(f"{name}_cyt*.dat"))) for name in CROWDED)
+    line, = check_slide(slide_summary(tmp_path, demo_root, annotated))
+    assert line == f"slide: {annotated} cells found on slide, whose 5 cluster images hold {annotated}; " \
+                   f"call 'abnormal' (600 abnormal per 1000 cells)"
+    with pytest.raises(UserError, match=f"2 cells found on the slide slide, whose 5 cluster images hold {annotated}"):
+        check_slide(slide_summary(tmp_path, demo_root, 2))
+
+
 def test_cli_names_what_is_missing(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--run-dir", str(tmp_path), "--data-root", str(tmp_path)])
@@ -76,9 +93,12 @@ def test_cli_prints_one_line_per_stage(demo_root, tmp_path, capsys):
     (paths.eval / "metrics.json").write_text(json.dumps(metrics()))
     paths.field_predictions.mkdir(parents=True)
     (paths.field_predictions / "summary.json").write_text(json.dumps(field_summary([4, 4, 4, 4, 4])))
+    slide_output = paths.root / "outputs" / "slide"
+    slide_output.mkdir(parents=True)
+    (slide_output / "summary.json").write_text(json.dumps(slide_summary(tmp_path, demo_root, 20)))
     assert main(["--run-dir", str(tmp_path), "--data-root", str(demo_root)]) == 0
     assert [line.split(":")[1].strip() for line in capsys.readouterr().out.splitlines()] == \
-        ["segmentation", "classification", "fields"]
+        ["segmentation", "classification", "fields", "slide"]
 
 
 @pytest.mark.skipif(os.environ.get("CYTOLOGY_DEMO_TEST") != "1" or shutil.which("make") is None,
@@ -91,6 +111,7 @@ def test_the_demo_recipe_learns_every_stage(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     checked = [line for line in done.stdout.splitlines() if line.startswith("demo check: ")]
     assert [line.split(":")[1].strip() for line in checked] == \
-        ["segmentation", "classification", "fields", "field classes"]
+        ["segmentation", "classification", "fields", "field classes", "slide"]
     assert (tmp_path / "run" / "outputs" / "eval" / "report.html").is_file()
+    assert (tmp_path / "run" / "outputs" / "slide" / "demo_slide_report.html").is_file()
     assert "Open:" in done.stdout and "Next, on your own images" in done.stdout

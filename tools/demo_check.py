@@ -55,6 +55,10 @@ def annotated_cells(data_root: Path, field_name: str) -> int:
     image = data_root / f"{field_name}.bmp"
     if not image.is_file():
         raise UserError(f"{image}: not found; --data-root must be the folder of the clusters given to predict.py")
+    return cells_outlined(image)
+
+
+def cells_outlined(image: Path) -> int:
     return len(list(image.parent.glob(f"{image.stem}_cyt*.dat")))
 
 
@@ -84,6 +88,20 @@ def check_fields(summary: Dict, data_root: Path) -> List[str]:
     return lines
 
 
+def check_slide(summary: Dict) -> List[str]:
+    """predict.py on the generated slide (its summary.json): the cells found against those outlined in the cluster
+    images that tools/fields/make_slide.py placed on it (its manifest, <slide>.json beside the slide)."""
+    (name, slide), = summary["fields"].items()
+    manifest = Path(slide["input"]).with_suffix(".json")
+    placed = [Path(field["image"]) for field in read_json(manifest, "tools/fields/make_slide.py")["fields"]]
+    n_annotated = sum(cells_outlined(image) for image in placed)
+    if slide["cells"] < MIN_CELLS_FOUND * n_annotated:
+        raise UserError(f"the demo did not learn: {slide['cells']} cells found on the slide {name}, whose "
+                        f"{len(placed)} cluster images hold {n_annotated}")
+    return [f"slide: {slide['cells']} cells found on {name}, whose {len(placed)} cluster images hold {n_annotated}; "
+            f"call '{slide['call']}' ({slide.get('abnormal_per_1000', 0):g} abnormal per 1000 cells)"]
+
+
 @exit_on_user_error
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
@@ -91,10 +109,14 @@ def main(argv=None) -> int:
                     "Check that every stage of the demo run learned something.", formatter_class=HelpFormatter)
     parser.add_argument("--data-root", type=Path, default=Path("data/demo"), help="the demo data")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="the demo run")
+    parser.add_argument("--slide-output", type=Path, default=None,
+                        help="predict.py's output folder for the demo slide (default: RUN/outputs/slide)")
     args = parser.parse_args(argv)
     paths = RunPaths(args.run_dir)
     lines = check_cells(read_json(paths.eval / "metrics.json", "evaluate.py"))
     lines += check_fields(read_json(paths.field_predictions / "summary.json", "predict.py --fields"), args.data_root)
+    slide_output = args.slide_output or paths.root / "outputs" / "slide"
+    lines += check_slide(read_json(slide_output / "summary.json", "predict.py on the demo slide"))
     print("\n".join(f"demo check: {line}" for line in lines))
     return 0
 
