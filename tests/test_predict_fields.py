@@ -72,7 +72,8 @@ def test_mpp_flag_overrides_the_metadata(run_dir, slides, tmp_path):
     assert json.loads((tmp_path / "out" / "without_mpp_summary.json").read_text())["mpp"] == 0.3
 
 
-def test_an_unreachable_scheduler_is_one_line(run_dir, slides, tmp_path, capsys):
+def test_an_unreachable_scheduler_is_one_line(run_dir, slides, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("tools.fields.cluster.CONNECT_SECONDS", 1)  # the product waits 10 s
     with pytest.raises(SystemExit) as stop:
         predict_fields([slides / "with_mpp.tiff"], run_dir, tmp_path / "out", "--scheduler", "tcp://127.0.0.1:9")
     err = capsys.readouterr().err

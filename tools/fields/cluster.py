@@ -5,11 +5,13 @@ models once, so the slides, the run folder and this repository must be at the sa
 shared file system) and the workers must run in this project's environment from its folder. Results come back
 to predict.py, which writes them in block order: the outputs are the same bytes as a run in one process.
 """
+from pathlib import Path
 from typing import Tuple
 
 from utils.errors import UserError
 
 CONNECT_SECONDS = 10
+REPO = Path(__file__).resolve().parents[2]
 
 
 def dask_executor(address: str) -> Tuple[object, int]:
@@ -28,7 +30,21 @@ def dask_executor(address: str) -> Tuple[object, int]:
     if not threads:
         client.close()
         raise UserError(f"--scheduler {address}: the cluster has no workers; start some with `dask worker {address}`")
+    check_workers_import_this_project(client, address)
     return ClusterExecutor(client), threads
+
+
+def check_workers_import_this_project(client, address: str) -> None:
+    """The scheduler (it unpickles each task) and every worker (it runs them) must import tools.fields.slide; one
+    that cannot would fail every block with Dask's own traceback, so ask them all before the first block."""
+    for where, run in (("the scheduler", client.run_on_scheduler), ("a worker", client.run)):
+        try:
+            run(exec, "import tools.fields.slide")
+        except Exception as error:  # its ImportError, raised again here by dask
+            client.close()
+            raise UserError(f"--scheduler {address}: {where} cannot import this project ({type(error).__name__}: "
+                            f"{error}); start the scheduler and each worker in this project's environment with it on "
+                            f"their path: PYTHONPATH={REPO} {REPO}/.venv/bin/dask scheduler (or worker {address})") from None
 
 
 class ClusterExecutor:
