@@ -60,7 +60,7 @@ demo: setup
 	$(PY) evaluate.py --data-root $(DEMO_DATA) --run-dir $(DEMO_RUN)
 	$(PY) main_segment.py --data-root $(DEMO_DATA) --layout sipakmed-fields --run-dir $(DEMO_RUN) $(DEMO_FIELD_FLAGS)
 	$(PY) predict.py '$(DEMO_DATA)/*/*/002.bmp' --fields --run-dir $(DEMO_RUN) --output-dir $(DEMO_RUN)/outputs/fields
-	$(PY) -m tools.fields.make_slide '$(DEMO_DATA)/*/*/00[0-2].bmp' --out $(DEMO_SLIDE) $(DEMO_SLIDE_FLAGS)
+	$(PY) -m tools.fields.make_slide '$(DEMO_DATA)/*/*/00[1-3].bmp' --out $(DEMO_SLIDE) $(DEMO_SLIDE_FLAGS)
 	$(PY) predict.py $(DEMO_SLIDE) --fields --run-dir $(DEMO_RUN) --output-dir $(DEMO_RUN)/outputs/slide --min-cells 50
 	$(PY) -m tools.demo_check --data-root $(DEMO_DATA) --run-dir $(DEMO_RUN)
 	@echo "$$DEMO_NEXT"

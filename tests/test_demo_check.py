@@ -75,7 +75,7 @@ def test_slide_compares_found_cells_with_those_of_the_placed_clusters(demo_root,
     annotated = sum(len(list(demo_root.glob(f"{name}_cyt*.dat"))) for name in CROWDED)
     line, = check_slide(slide_summary(tmp_path, demo_root, annotated))
     assert line == f"slide: {annotated} cells found on slide, whose 5 cluster images hold {annotated}; " \
-                   f"call 'abnormal' (600 abnormal per 1000 cells)"
+                   f"call 'abnormal' (600.0 abnormal per 1000 cells)"
     with pytest.raises(UserError, match=f"2 cells found on the slide slide, whose 5 cluster images hold {annotated}"):
         check_slide(slide_summary(tmp_path, demo_root, 2))
 

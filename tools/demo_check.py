@@ -99,7 +99,7 @@ def check_slide(summary: Dict) -> List[str]:
         raise UserError(f"the demo did not learn: {slide['cells']} cells found on the slide {name}, whose "
                         f"{len(placed)} cluster images hold {n_annotated}")
     return [f"slide: {slide['cells']} cells found on {name}, whose {len(placed)} cluster images hold {n_annotated}; "
-            f"call '{slide['call']}' ({slide.get('abnormal_per_1000', 0):g} abnormal per 1000 cells)"]
+            f"call '{slide['call']}' ({slide.get('abnormal_per_1000', 0):.1f} abnormal per 1000 cells)"]
 
 
 @exit_on_user_error

@@ -86,7 +86,7 @@ def page(name: str, summary: Dict, thumb: np.ndarray, pictures, class_names, col
             ("tissue screened", f"{summary['tissue']['share']:.1%} of the slide ({summary['blocks']} blocks)"),
             ("cells", summary["cells"])]
     if "abnormal_per_1000" in summary:
-        rows += [("abnormal cells", f"{summary['abnormal_cells']} ({summary['abnormal_per_1000']:g} per 1000)")]
+        rows += [("abnormal cells", f"{summary['abnormal_cells']} ({summary['abnormal_per_1000']:.1f} per 1000)")]
         rows += [(f"<span class='dot' style='background:rgb{colours[c]}'></span>{html.escape(c)}", n)
                  for c, n in summary["counts"].items()]
     table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
