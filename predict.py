@@ -134,11 +134,12 @@ def get_args(argv=None) -> argparse.Namespace:
                              "(without it they are skipped and only their call and report are made again)")
     fields.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                         help="the two field models on ONNX Runtime: fp32, or int8, quantised once per checkpoint on the "
-                             "run's training fields (float32 where they are not at hand): 1.6x the speed for a nucleus "
-                             "F1 of 0.922 instead of 0.931 on the 8 ISBI 2014 EDF fields (docs/speed.md)")
+                             "run's training fields (float32 where they are not at hand): 1.15-1.8x the speed, nucleus "
+                             "F1 within 0.01 of float32 on the 8 ISBI 2014 EDF fields (docs/speed.md: whole slides)")
     fields.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                        help="run the blocks on a running Dask cluster (e.g. tcp://10.0.0.5:8786; README: many slides, "
-                             "many machines); default: in this process, --workers blocks at once")
+                        help="run the blocks on a running Dask cluster (e.g. tcp://10.0.0.5:8786) whose scheduler and "
+                             "workers have this repository on their PYTHONPATH (README: many slides, many machines); "
+                             "default: in this process, --workers blocks at once")
     call = parser.add_argument_group("the call per slide (<name>_summary.json, <name>_report.html)")
     call.add_argument("--abnormal-probability", type=unit_fraction, default=0.5,
                       help="a cell counts as abnormal from this summed probability of the abnormal classes")

@@ -109,14 +109,11 @@ def main(argv=None) -> int:
                     "Check that every stage of the demo run learned something.", formatter_class=HelpFormatter)
     parser.add_argument("--data-root", type=Path, default=Path("data/demo"), help="the demo data")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/demo"), help="the demo run")
-    parser.add_argument("--slide-output", type=Path, default=None,
-                        help="predict.py's output folder for the demo slide (default: RUN/outputs/slide)")
     args = parser.parse_args(argv)
     paths = RunPaths(args.run_dir)
     lines = check_cells(read_json(paths.eval / "metrics.json", "evaluate.py"))
     lines += check_fields(read_json(paths.field_predictions / "summary.json", "predict.py --fields"), args.data_root)
-    slide_output = args.slide_output or paths.root / "outputs" / "slide"
-    lines += check_slide(read_json(slide_output / "summary.json", "predict.py on the demo slide"))
+    lines += check_slide(read_json(paths.root / "outputs" / "slide" / "summary.json", "predict.py on the demo slide"))
     print("\n".join(f"demo check: {line}" for line in lines))
     return 0
 

@@ -2,7 +2,8 @@
 
 Every worker screens blocks with tools/fields/slide.screen_block: it opens the slide by its path and loads the
 models once, so the slides, the run folder and this repository must be at the same paths on every worker (a
-shared file system) and the workers must run in this project's environment from its folder. Results come back
+shared file system), and the scheduler and the workers must run in this project's environment with the
+repository on their path (PYTHONPATH; checked before the first block). Results come back
 to predict.py, which writes them in block order: the outputs are the same bytes as a run in one process.
 """
 from pathlib import Path
