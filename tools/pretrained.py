@@ -10,6 +10,8 @@ In order:
 When none of these is found, the run says once how to get them and trains from scratch.
 """
 import importlib
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -53,9 +55,12 @@ def build_with_pretrained(factory: Callable, config: Dict, weights: Optional[Pat
     Returns (model, where its backbone weights came from). Says once, on stdout, when it trains from scratch.
     """
     backbone = config.get("backbone", "")
-    weights = weights or (packaged_weights(backbone) if pretrained else None)
     if weights is not None:
         return factory(**config, pretrained_file=str(weights)), f"weights {weights}"
+    packaged = packaged_weights(backbone) if pretrained else None
+    if packaged is not None:
+        with timm_builder_quiet():
+            return factory(**config, pretrained_file=str(packaged)), f"weights {packaged}"
     if not pretrained:
         say_once(f"note: --no-pretrained: training {backbone} from scratch.")
         return factory(**config), "scratch"
@@ -67,3 +72,16 @@ def build_with_pretrained(factory: Callable, config: Dict, weights: Optional[Pat
                  f"To use them: run once with internet access (timm downloads and caches them) without "
                  f"HF_HUB_OFFLINE=1, or pass --weights PATH to a local file.")
     return factory(**config), "scratch"
+
+
+@contextmanager
+def timm_builder_quiet():
+    """timm warns of the ImageNet head's keys that an encoder, or a classifier with a head of its own, leaves unused:
+    with the packaged weights that is known and expected, not something a user should read at every run."""
+    logger = logging.getLogger("timm.models._builder")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
