@@ -61,7 +61,7 @@ def mark_output_dir(folder: PathLike, writer: Optional[str] = None) -> Path:
         UserError: the folder cannot be created or written.
     """
     folder = Path(folder)
-    check_writable(folder)
+    check_writable(folder, "--output-dir (or --run-dir)")
     writer = writer or Path(sys.argv[0]).name or "python"
     with written_atomically(folder / OUTPUT_MARKER) as marker:  # torchrun's ranks may mark one folder at once
         marker.write_text(f"Written by {writer} (cervical cytology toolkit). Folders holding this file are "

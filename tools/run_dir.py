@@ -81,14 +81,15 @@ def check_outside_data(folder: Path, data_root: Optional[Path]) -> None:
                         f"class of cells; pass a --run-dir outside the data")
 
 
-def check_writable(folder: Path) -> None:
+def check_writable(folder: Path, flags: str = "--run-dir") -> None:
+    """`flags`: what the user passes to name another folder (an output folder may come from --output-dir)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write_test.{os.getpid()}"  # per process: torchrun's ranks probe the same folder at once
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise UserError(f"{folder}: output folder cannot be written ({error.strerror}); pass a writable --run-dir")
+        raise UserError(f"{folder}: output folder cannot be written ({error.strerror}); pass a writable {flags}")
 
 
 def process_alive(pid: int) -> bool:
