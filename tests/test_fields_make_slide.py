@@ -50,3 +50,22 @@ def test_too_many_fields_for_the_slide_is_one_line(fields, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         maker.main([str(fields[0]), "--out", str(tmp_path / "slide.tiff"), "--side", "512", "--count", "20"])
     assert stop.value.code == 2 and "do not fit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, says", [(["--out", "slide.png"], "a slide is a TIFF"),
+                                         (["--out", "slide.tiff", "--coverage", "2"], "argument --coverage: 2 is out of range"),
+                                         (["--out", "slide.tiff", "--count", "0"], "argument --count: 0 is out of range"),
+                                         (["--out", "slide.tiff", "--mpp", "-1"], "argument --mpp: -1 is out of range")])
+def test_a_flag_out_of_range_stops_at_the_command_line(fields, tmp_path, capsys, flags, says):
+    flags = [str(tmp_path / f) if f.startswith("slide.") else f for f in flags]
+    with pytest.raises(SystemExit) as stop:
+        maker.main([str(fields[0]), "--side", "512", *flags])
+    assert stop.value.code == 2 and says in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_an_out_that_cannot_be_written_is_one_line(fields, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit) as stop:
+        maker.main([str(fields[0]), "--side", "512", "--out", str(tmp_path / "afile" / "slide.tiff")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1 and "slide.tiff: cannot be written" in err

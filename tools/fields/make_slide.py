@@ -20,7 +20,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from tools.config import HelpFormatter
+from tools.config import HelpFormatter, checked, non_negative_float, positive_int
 from utils.errors import UserError, exit_on_user_error
 from utils.files import written_atomically
 from utils.preprocessing import read_image
@@ -31,6 +31,9 @@ GLASS_NOISE = 1.0  # standard deviation of the glass's grey values (a scanner's 
 FIELD_GAP_PX = 64  # at least this much glass between two fields
 
 
+coverage_share = checked(float, lambda v: 0 < v <= 1, "a share of the slide above 0, at most 1")
+
+
 def get_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="example: python -m tools.fields.make_slide '../shared/data/isbi2014/edf/edf0?.png' --side 40000 "
@@ -38,19 +41,21 @@ def get_args(argv=None) -> argparse.Namespace:
     parser.add_argument("fields", nargs="+", help="field images to place (PNG, BMP, ...; quoted globs are expanded)")
     parser.add_argument("--out", type=Path, required=True, help="the slide to write (.tiff); the manifest goes beside it (.json)")
     parser.add_argument("--side", type=int, default=40000, help="slide width and height in px (level 0)")
-    parser.add_argument("--count", type=int, default=None,
+    parser.add_argument("--count", type=positive_int, default=None,
                         help="fields to place (the given ones in turn; default: each once, or as --coverage needs)")
-    parser.add_argument("--coverage", type=float, default=None,
+    parser.add_argument("--coverage", type=coverage_share, default=None,
                         help="share of the slide to cover with fields, e.g. 0.05 (instead of --count)")
-    parser.add_argument("--mpp", type=float, default=0.25,
+    parser.add_argument("--mpp", type=non_negative_float, default=0.25,
                         help="microns per pixel written into the resolution tags (0.25: a 40x scan); 0 writes none")
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of the tiles")
     parser.add_argument("--seed", type=int, default=0, help="where the fields land and the glass's noise")
     args = parser.parse_args(argv)
     if args.side < TILE_PX or args.side % LEVEL_DOWNSAMPLES[-1]:
         parser.error(f"--side must be at least {TILE_PX} and a multiple of {LEVEL_DOWNSAMPLES[-1]}")
-    if args.mpp < 0 or not 1 <= args.quality <= 100:
-        parser.error("--mpp must be >= 0 and --quality within 1..100")
+    if not 1 <= args.quality <= 100:
+        parser.error("--quality must be within 1..100")
+    if args.out.suffix.lower() not in (".tif", ".tiff"):
+        parser.error(f"--out {args.out}: a slide is a TIFF; name it .tiff")
     return args
 
 
@@ -117,15 +122,18 @@ def write_slide(path: Path, images: Sequence[np.ndarray], offsets: Sequence[Tupl
     import tifffile
 
     glass = glass_colour(images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with written_atomically(path) as tmp_path, tifffile.TiffWriter(tmp_path, bigtiff=True) as tif:
-        for downsample in LEVEL_DOWNSAMPLES:
-            length = side // downsample
-            resolution = {} if not mpp else dict(resolution=(1e4 / (mpp * downsample),) * 2, resolutionunit="CENTIMETER")
-            tif.write(level_tiles(images, offsets, side, downsample, glass, seed), shape=(length, length, 3),
-                      dtype=np.uint8, tile=(TILE_PX, TILE_PX), compression="jpeg", compressionargs={"level": quality},
-                      photometric="rgb", subfiletype=0 if downsample == 1 else 1, metadata=None, maxworkers=2,
-                      **resolution)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with written_atomically(path) as tmp_path, tifffile.TiffWriter(tmp_path, bigtiff=True) as tif:
+            for downsample in LEVEL_DOWNSAMPLES:
+                length = side // downsample
+                resolution = {} if not mpp else dict(resolution=(1e4 / (mpp * downsample),) * 2, resolutionunit="CENTIMETER")
+                tif.write(level_tiles(images, offsets, side, downsample, glass, seed), shape=(length, length, 3),
+                          dtype=np.uint8, tile=(TILE_PX, TILE_PX), compression="jpeg", compressionargs={"level": quality},
+                          photometric="rgb", subfiletype=0 if downsample == 1 else 1, metadata=None, maxworkers=2,
+                          **resolution)
+    except OSError as error:  # no such folder can be made, no room left: nothing half-written stays (written_atomically)
+        raise UserError(f"{path}: cannot be written ({error.strerror or error}); choose another --out or free space") from None
     return glass
 
 
