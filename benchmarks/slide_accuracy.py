@@ -30,6 +30,8 @@ sys.path.insert(0, str(REPO))
 from benchmarks.herlev import git_commit  # noqa: E402
 from benchmarks.slide_speed import made_slide, markdown, run_predict  # noqa: E402
 from tools.config import HelpFormatter  # noqa: E402
+from tools.fields.make_slide import annotation_of, expand  # noqa: E402
+from utils.errors import UserError, exit_on_user_error  # noqa: E402
 from tools.instance_metrics import detection_scores, pool_detection_scores  # noqa: E402
 
 
@@ -78,13 +80,16 @@ def annotation(placed: Dict) -> np.ndarray:
     return read_nucleus_labels(Path(placed["annotation"]), (placed["height"], placed["width"]))
 
 
+@exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     slide = args.work_dir / f"slide_{args.side}.tiff"
+    unannotated = [field for field in expand(args.fields) if not annotation_of(field)]
+    if unannotated:  # before minutes of making the slide
+        raise UserError(f"{unannotated[0]}: no nucleus annotation beside it (<field>_nuclei.png, as ISBI 2014's EDF "
+                        f"fields have); slide_accuracy.py scores annotated fields only")
     manifest = made_slide(args.fields, slide, args.side, 0, args.mpp, args.seed)
-    if any(not f["annotation"] for f in manifest["fields"]):
-        sys.exit("every field needs its annotation (<field>_nuclei.png beside it)")
     load = os.getloadavg()[0]
     on_slide = run_predict([slide], args.run_dir, args.work_dir / "slide_out", args.predict_flags)
     fields = [Path(f["image"]) for f in manifest["fields"]]

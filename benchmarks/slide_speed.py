@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))  # run as `python benchmarks/slide_speed.py`: the 
 
 from benchmarks.herlev import git_commit  # noqa: E402
 from tools.config import HelpFormatter  # noqa: E402
+from utils.errors import exit_on_user_error  # noqa: E402
 
 PEAK_RSS_LAUNCHER = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
                      "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
@@ -50,15 +51,20 @@ def get_args(argv=None) -> argparse.Namespace:
 
 
 def made_slide(fields: Sequence[str], path: Path, side: int, coverage: float, mpp: float, seed: int) -> Dict:
-    """The slide's manifest, making the slide first when it is not there yet (its seconds in 'make_seconds')."""
-    manifest_path = path.with_suffix(".json")
-    if path.exists() and manifest_path.exists():
-        return json.loads(manifest_path.read_text())
+    """The slide's manifest, making the slide first unless the one there was made from the same request (its
+    seconds in 'make_seconds'): a slide of other fields or settings under the same name is made again."""
     from tools.fields.make_slide import expand, make_slide
 
+    sources = expand(fields)
+    request = {"fields": [str(f.resolve()) for f in sources], "side": side, "coverage": coverage, "mpp": mpp, "seed": seed}
+    manifest_path = path.with_suffix(".json")
+    if path.exists() and manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("request") == request:
+            return manifest
     started = time.perf_counter()
-    manifest = make_slide(expand(fields), path, side, coverage=coverage, mpp=mpp, seed=seed)
-    manifest["make_seconds"] = round(time.perf_counter() - started, 1)
+    manifest = make_slide(sources, path, side, coverage=coverage or None, mpp=mpp, seed=seed)
+    manifest.update(make_seconds=round(time.perf_counter() - started, 1), request=request)
     manifest_path.write_text(json.dumps(manifest, indent=1))
     return manifest
 
@@ -98,13 +104,14 @@ def markdown(rows: List[Dict]) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows])
 
 
+@exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     slide = args.work_dir / f"slide_{args.side}_{args.coverage:g}.tiff"
-    existed = slide.exists()
+    before = slide.stat().st_mtime_ns if slide.exists() else None
     manifest = made_slide(args.fields, slide, args.side, args.coverage, args.mpp, args.seed)
-    if not existed:
+    if slide.stat().st_mtime_ns != before:
         print(f"made {slide} in {manifest['make_seconds']} s ({slide.stat().st_size / 1e6:.0f} MB)")
     load = os.getloadavg()[0]
     result = run_predict([slide], args.run_dir, args.work_dir / "out", args.predict_flags)
