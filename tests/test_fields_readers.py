@@ -51,6 +51,23 @@ def test_tifffile_reads_the_same_pixels_as_openslide(pyramid):
     assert np.array_equal(by_tifffile.read(0, 0, 64, 64, level=2), by_openslide.read(0, 0, 64, 64, level=2))
 
 
+def test_a_scanners_format_goes_to_openslide_with_its_scale(tmp_path, field_image):
+    """An Aperio .svs (tiled JPEG pages, the scale in the ImageDescription, as Aperio's scanners write it) is read
+    by OpenSlide as 'aperio', not by tifffile, and its microns per pixel come from OpenSlide's properties."""
+    path = tmp_path / "scan.svs"
+    level0 = np.pad(field_image, ((0, 724), (0, 604), (0, 0)), constant_values=230)  # 1024 x 1024
+    header = "Aperio Image Library v12.0.0 \r\n1024x1024 [0,0 1024x1024] (256x256) JPEG/RGB Q=95"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(level0, tile=(256, 256), compression="jpeg", compressionargs={"level": 95}, photometric="rgb",
+                  description=f"{header}|AppMag = 40|MPP = 0.2520", metadata=None)
+        tif.write(np.ascontiguousarray(level0[::4, ::4]), tile=(256, 256), compression="jpeg", photometric="rgb",
+                  description=f"{header} -> 256x256", metadata=None)
+    reader = open_slide(path)
+    assert isinstance(reader, OpenSlideReader) and reader.format == "openslide:aperio"
+    assert reader.shape == (1024, 1024) and reader.mpp == pytest.approx(0.252) and reader.downsamples == (1.0, 4.0)
+    assert np.abs(reader.read(0, 0, 300, 420).astype(int) - field_image).mean() < 3
+
+
 @pytest.mark.parametrize("kind", ["striped deflate rgb", "tiled grey 16-bit", "uncompressed"])
 def test_other_tiffs_are_read_by_region(tmp_path, field_image, kind):
     path = tmp_path / "field.tif"
