@@ -31,8 +31,8 @@ from benchmarks.herlev import git_commit  # noqa: E402
 from benchmarks.slide_speed import made_slide, markdown, run_predict  # noqa: E402
 from tools.config import HelpFormatter  # noqa: E402
 from tools.fields.make_slide import annotation_of, expand  # noqa: E402
-from utils.errors import UserError, exit_on_user_error  # noqa: E402
 from tools.instance_metrics import detection_scores, pool_detection_scores  # noqa: E402
+from utils.errors import UserError, exit_on_user_error  # noqa: E402
 
 
 def get_args(argv=None) -> argparse.Namespace:
