@@ -91,7 +91,9 @@ def train(args: argparse.Namespace, split: DatasetSplit, paths: RunPaths) -> Dic
                            FieldTiles(val_fields, args.tile_size, train=False), args.epochs, 3, paths, settings)
 
     # 3. The instance model on windows around each nucleus
-    instance_best = fit_model(args, INSTANCE_TASK, CellWindows(train_fields, args.cell_window, args.instance_size, train=True),
-                              CellWindows(val_fields, args.cell_window, args.instance_size, train=False),
+    max_cells = args.instance_cells
+    instance_best = fit_model(args, INSTANCE_TASK,
+                              CellWindows(train_fields, args.cell_window, args.instance_size, train=True, max_cells=max_cells),
+                              CellWindows(val_fields, args.cell_window, args.instance_size, train=False, max_cells=max_cells),
                               args.instance_epochs, 4, paths, settings)
     return {"fields": field_best, "instances": instance_best}

@@ -47,6 +47,7 @@ STAGE_DEFAULTS = {
         decoder_channels=[256, 128, 64],
         instance_size=192,  # input side of the instance model (a window around one nucleus, resized)
         instance_epochs=50,
+        instance_cells=0,  # at most this many cells (one fixed draw) train the instance model; 0: every cell
         oof_folds=0,
         ema_decay=0.0,
     ),
@@ -220,7 +221,7 @@ def data_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("data")
     group.add_argument("--data-root", type=Path, default=Path("data/demo"), help="folder holding the class folders")
     run_dir_flag(group, "run folder for checkpoints/, logs/, outputs/, splits/ (--output-dir is the same flag)")
-    group.add_argument("--layout", default="auto", **name_flag(["auto", "sipakmed", "paired", "labels", "isbi2014", "sipakmed-fields"]),
+    group.add_argument("--layout", default="auto", **name_flag(["auto", "sipakmed", "paired", "labels", "isbi2014", "sipakmed-fields", "cric-fields"]),
                        help="data layout; auto detects it from the folder (isbi2014 and sipakmed-fields: whole fields of "
                             "view, for main_segment.py and evaluate.py)")
     group.add_argument("--sipakmed-source", default="cropped", **name_flag(["cropped", "clusters"]),

@@ -41,7 +41,7 @@ UNKNOWN = 255  # foreground value of a field whose cells are not outlined (ISBI 
 NUCLEUS_TARGET_PX = 22.0
 
 
-FIELD_LAYOUT_NAMES = {"isbi2014": "isbi2014", "sipakmed-fields": "sipakmed"}  # --layout -> tools/fields/layouts.py's name
+FIELD_LAYOUT_NAMES = {"isbi2014": "isbi2014", "sipakmed-fields": "sipakmed", "cric-fields": "cric"}  # --layout -> tools/fields/layouts.py's name
 
 
 def is_field_layout(layout: str, data_root) -> bool:
@@ -75,6 +75,7 @@ class PreparedField:
     nuclei: np.ndarray  # int32 [H, W] nucleus instances, 0 = background
     cells: List[np.ndarray]  # bool [H, W] per outlined cell, whole cell; cells may overlap
     cell_nucleus: List[Optional[int]]  # the nucleus label of each cell (None: no nucleus found in it)
+    nuc_unsure: Optional[np.ndarray] = None  # bool [H, W]: the nucleus target is unknown here (grown from points)
 
 
 def link_nuclei(cells: Sequence[np.ndarray], nuclei: np.ndarray) -> List[Optional[int]]:
@@ -127,6 +128,10 @@ def prepare_field(record: FieldRecord, scale: float) -> PreparedField:
     shape = image.shape[:2]
     nuclei = np.zeros(shape, np.int32) if sample.nuc_labels is None else resized(sample.nuc_labels, scale, cv2.INTER_NEAREST)
     cells = [resized(mask.astype(np.uint8), scale, cv2.INTER_NEAREST).astype(bool) for mask in sample.cell_masks or []]
+    if sample.foreground is not None:  # grown from points: cell k holds nucleus k + 1
+        foreground = resized(sample.foreground, scale, cv2.INTER_NEAREST)
+        unsure = resized(sample.nuc_unsure.astype(np.uint8), scale, cv2.INTER_NEAREST).astype(bool)
+        return PreparedField(record.field_id, image, foreground, nuclei, cells, list(range(1, len(cells) + 1)), unsure)
     foreground = np.full(shape, UNKNOWN, np.uint8)
     if sample.cell_masks is not None:
         foreground = np.any(cells, axis=0).astype(np.uint8) if cells else np.zeros(shape, np.uint8)
@@ -199,12 +204,16 @@ class FieldTiles(Dataset):
         if corner is None:
             height, width = prepared.image.shape[:2]
             corner = (int(rng.integers(0, max(height - self.tile, 0) + 1)), int(rng.integers(0, max(width - self.tile, 0) + 1)))
+        nuclei = (prepared.nuclei > 0).astype(np.uint8)
+        if prepared.nuc_unsure is not None:
+            nuclei[prepared.nuc_unsure] = UNKNOWN
         crops = [crop_padded(array, *corner, self.tile, fill) for array, fill in
-                 ((prepared.image, PAD_RGB), (prepared.foreground, 0), ((prepared.nuclei > 0).astype(np.uint8), 0))]
+                 ((prepared.image, PAD_RGB), (prepared.foreground, 0), (nuclei, 0))]
         seed_augmentation(self.augment, int(rng.integers(2**31)))
         out = self.augment(image=crops[0], masks=crops[1:])
         foreground, nuclei = (mask.astype(np.float32) for mask in out["masks"])
         foreground[foreground == UNKNOWN] = -1.0
+        nuclei[nuclei == UNKNOWN] = -1.0
         return torch.from_numpy(normalize_image(out["image"])), torch.from_numpy(np.stack([foreground, nuclei]))
 
 
@@ -217,11 +226,14 @@ class CellWindows(Dataset):
 
     takes_sample_seeds = True
 
-    def __init__(self, fields: Sequence[PreparedField], window: int, size: int, train: bool):
+    def __init__(self, fields: Sequence[PreparedField], window: int, size: int, train: bool, max_cells: int = 0):
         self.fields, self.window, self.size, self.train = list(fields), window, size, train
         self.augment = field_augmentation(train)
         self.items = [(index, cell) for index, prepared in enumerate(self.fields)
                       for cell, label in enumerate(prepared.cell_nucleus) if label is not None]
+        if 0 < max_cells < len(self.items):  # one fixed draw, the same in every epoch and run
+            chosen = np.random.default_rng(0).choice(len(self.items), max_cells, replace=False)
+            self.items = [self.items[i] for i in sorted(chosen)]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -8,6 +8,8 @@ Layouts (found at any depth below the data root; hidden files and folders and ma
             instance labels (0 = background). Synthetic fields have both; EDF fields have nuclei only.
   sipakmed  SIPaKMeD cluster images as fields: im_<Class>/im_<Class>/NNN.bmp with every NNN_cytMM.dat
             (cell border) and NNN_nucMM.dat (nucleus border), polygons of x,y in image coordinates.
+  cric      CRIC Cervix: field images with CRIC's classifications.csv beside them, squamous cells marked by a point
+            on the nucleus (tools/points.py); nuclei and cells are grown from the points (tools/fields/pseudo_masks.py).
 
 The cell target is the WHOLE cell, as in tools.data_loader: a SIPaKMeD cell mask is its cytoplasm polygon OR
 the nuclei that lie in it; an ISBI cell mask is stored that way already.
@@ -22,8 +24,10 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from tools.fields.pseudo_masks import point_targets
 from tools.inputs import input_files
 from tools.layouts import IMAGE_EXTENSIONS, nucleus_owner, read_dat_polygon
+from tools.points import is_points_root, read_field_points
 from utils.errors import UserError
 from utils.preprocessing import (
     imread_unchanged,
@@ -33,7 +37,7 @@ from utils.preprocessing import (
     unreadable_reason,
 )
 
-FIELD_LAYOUTS = ("isbi2014", "sipakmed")
+FIELD_LAYOUTS = ("isbi2014", "sipakmed", "cric")
 # Matched on the file stem without regard to case, as tools.layouts matches its names
 ISBI_CELL_NAME = re.compile(r"^(?P<field>.+)_cell(?P<number>\d+)$", re.IGNORECASE)
 ISBI_NUCLEI_NAME = re.compile(r"^(?P<field>.+)_nuclei$", re.IGNORECASE)
@@ -41,7 +45,8 @@ SIPAKMED_POLYGON_NAME = re.compile(r"^(?P<field>.+)_(?P<part>cyt|nuc)(?P<number>
 FieldKey = Tuple[Path, str]  # (folder, image stem): the files of one field lie beside its image
 EXPECTED_LAYOUTS = (
     "isbi2014: <name>.png with <name>_cellKK.png masks and/or <name>_nuclei.png labels beside it; "
-    "sipakmed: im_<Class>/im_<Class>/NNN.bmp with NNN_cytMM.dat / NNN_nucMM.dat beside it"
+    "sipakmed: im_<Class>/im_<Class>/NNN.bmp with NNN_cytMM.dat / NNN_nucMM.dat beside it; "
+    "cric: field images with CRIC's classifications.csv beside them"
 )
 
 
@@ -58,6 +63,7 @@ class FieldRecord:
     nuc_labels_path: Optional[Path] = None  # ISBI: integer nucleus instance labels
     label: Optional[str] = None  # SIPaKMeD: the class folder; ISBI: the image's folder (synthetic, edf), to stratify splits
     polygon_files: Tuple[Path, ...] = ()  # the .dat file of each cell polygon, then of each nucleus polygon
+    points: Optional[np.ndarray] = None  # CRIC: float [N, 2] x, y of each marked nucleus's centre
 
     @property
     def sample_id(self) -> str:
@@ -67,11 +73,11 @@ class FieldRecord:
     @property
     def has_cells(self) -> bool:
         """Whether cells are outlined (ISBI EDF fields annotate nuclei only)."""
-        return bool(self.cell_mask_paths) or bool(self.cell_polygons)
+        return bool(self.cell_mask_paths) or bool(self.cell_polygons) or self.points is not None
 
     @property
     def has_nuclei(self) -> bool:
-        return self.nuc_labels_path is not None or bool(self.nuc_polygons)
+        return self.nuc_labels_path is not None or bool(self.nuc_polygons) or self.points is not None
 
 
 @dataclass
@@ -82,6 +88,8 @@ class FieldSample:
     cell_masks: Optional[List[np.ndarray]]  # bool [H, W] per cell, whole cell; masks may overlap
     nuc_labels: Optional[np.ndarray]  # int32 [H, W] nucleus instances, 0 = background
     nuc_owner: Optional[Dict[int, Optional[int]]] = None  # SIPaKMeD: nucleus label -> index in cell_masks or None
+    foreground: Optional[np.ndarray] = None  # points: uint8 [H, W] cell target, UNKNOWN where the points do not tell
+    nuc_unsure: Optional[np.ndarray] = None  # points: bool [H, W], where the grown nuclei's borders may be wrong
 
 
 # ---------------------------------------------------------------- finding files
@@ -190,11 +198,21 @@ def read_sipakmed_fields(root: Path) -> List[FieldRecord]:
     return records
 
 
-FIELD_READERS = {"isbi2014": read_isbi2014, "sipakmed": read_sipakmed_fields}
+def read_cric_fields(root: Path) -> List[FieldRecord]:
+    """Every field of a CRIC-style folder (tools/points.py), with its marked nuclei; the field is its own group."""
+    return [FieldRecord(field_id=field.field_id, image_path=field.image_path, group=field.field_id,
+                        label="abnormal" if set(field.labels) - {"NILM"} else "NILM", points=field.points)
+            for field in read_field_points(Path(root))]
+
+
+FIELD_READERS = {"isbi2014": read_isbi2014, "sipakmed": read_sipakmed_fields, "cric": read_cric_fields}
 
 
 def detect_field_layout(root: Path) -> Optional[str]:
-    """'sipakmed' when SIPaKMeD cluster polygons lie below `root`, else 'isbi2014' when ISBI masks do, else None."""
+    """'cric' when a CRIC classifications.csv lies in `root`, 'sipakmed' when SIPaKMeD cluster polygons lie below it,
+    else 'isbi2014' when ISBI masks do, else None."""
+    if is_points_root(root):
+        return "cric"
     files = visible_files(Path(root))
     if any(is_sipakmed_polygon(p) for p in files):
         return "sipakmed"
@@ -229,7 +247,8 @@ def read_fields(root: Path, layout: str = "auto", check: bool = True) -> Tuple[L
         raise UserError(f"{root}: the {layout} layout found no fields (expected {EXPECTED_LAYOUTS}); check --data-root and --layout")
     if check:
         for record in records:
-            load_field(record)
+            # a point-marked field's targets are grown when it is prepared; its points were checked when read
+            load_field(record) if record.points is None else read_image(record.image_path)
     return records, layout
 
 
@@ -317,6 +336,9 @@ def load_field(record: FieldRecord) -> FieldSample:
     """
     image = read_image(record.image_path)
     shape = image.shape[:2]
+    if record.points is not None:
+        nuc_labels, nuc_unsure, cell_masks, foreground = point_targets(image, record.points)
+        return FieldSample(image, cell_masks, nuc_labels, {k + 1: k for k in range(len(cell_masks))}, foreground, nuc_unsure)
     if record.cell_polygons or record.nuc_polygons:
         return FieldSample(image, *polygon_annotations(record, shape))
     cell_masks = [read_cell_mask(p, shape) for p in record.cell_mask_paths] or None
