@@ -212,7 +212,8 @@ def evaluate_fields(args, paths: RunPaths) -> None:
     """Fields of view: nuclei (detection F1 at IoU 0.5, Dice of matched nuclei), cells (ISBI 2014 Dice and FNo, AJI)."""
     from tools.fields.data import open_fields
     from tools.fields.layouts import load_field, read_fields
-    from tools.fields.segment import load_field_models, segment_field
+    from tools.fields.models import load_field_models
+    from tools.fields.segment import segment_field
     from tools.instance_metrics import (
         aggregated_jaccard_index,
         detection_scores,

@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))  # run as `python benchmarks/field_speed.py`: the 
 
 from benchmarks.herlev import git_commit  # noqa: E402
 from tools.config import HelpFormatter, name_flag  # noqa: E402
-from tools.fields.segment import load_field_models, segment_field  # noqa: E402
+from tools.fields.models import load_field_models  # noqa: E402
+from tools.fields.segment import segment_field  # noqa: E402
 from tools.inputs import input_files  # noqa: E402
 from tools.layouts import IMAGE_EXTENSIONS  # noqa: E402
 from tools.run_dir import RunPaths  # noqa: E402
@@ -202,7 +203,7 @@ def run_predict(args, image: Path, backend: str, output: Path) -> Dict:
 
 
 def image_shape(path: Path):
-    from tools.fields.segment import open_field
+    from tools.fields.readers import open_field
 
     return open_field(path)[1]
 

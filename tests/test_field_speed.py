@@ -8,7 +8,7 @@ import numpy as np
 from tiny_checkpoints import save_untrained_field_models
 
 from benchmarks import field_speed
-from tools.fields.segment import open_field
+from tools.fields.readers import open_field
 from utils.files import write_image
 
 

@@ -19,17 +19,17 @@ import tools.fields.segment
 
 from tools.fields.segment import (
     FieldCell,
-    FieldModels,
     cell_crop,
     classify_cells,
     nucleus_instances,
-    open_field,
     segment_field,
     stride_starts,
     tiled_probabilities,
     to_field_cell,
     window_cell,
 )
+from tools.fields.models import FieldModels
+from tools.fields.readers import open_field
 from tools.inference import CellPipeline
 from tools.layouts import CLUSTER_CROP_MARGIN
 from utils.errors import UserError

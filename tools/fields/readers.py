@@ -22,7 +22,7 @@ area) come back as the slide's background colour.
 import logging
 import threading
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -238,3 +238,10 @@ def open_slide(path) -> SlideReader:
         except NotRegionReadable:
             pass
     return ImageReader(path)
+
+
+def open_field(path) -> Tuple[Callable[[int, int, int, int], np.ndarray], Tuple[int, int], Optional[np.ndarray]]:
+    """(read(top, left, bottom, right) -> uint8 RGB, (height, width), the whole image or None when read by regions),
+    from the reader that takes the file: slides and TIFFs by region, other images whole."""
+    reader = open_slide(path)
+    return reader.read, reader.shape, reader.image if isinstance(reader, ImageReader) else None
