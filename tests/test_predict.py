@@ -25,6 +25,7 @@ from tiny_checkpoints import (
 import main_segment
 import predict
 import tools.fields.segment
+from tools import predict_cells
 from tools.inference import CellPrediction
 from tools.inputs import OUTPUT_MARKER
 from tools.morphometry import FEATURE_NAMES
@@ -269,11 +270,11 @@ def test_morphometrics_of_a_drawn_cell():
     nucleus = np.zeros_like(cell)
     nucleus[20:30, 20:30] = True  # 100 px
     image = np.full((50, 60, 3), 200, np.uint8)
-    measured = predict.morphometrics(image, CellPrediction(cell, nucleus))
+    measured = predict_cells.morphometrics(image, CellPrediction(cell, nucleus))
     assert {k: measured[k] for k in ("nucleus_area_px", "cytoplasm_area_px")} == {"nucleus_area_px": 100, "cytoplasm_area_px": 1100}
     assert measured["nc_ratio"] == pytest.approx(100 / 1100)
     assert set(measured) == set(FEATURE_NAMES)  # every measurement of tools/morphometry.py
-    assert predict.morphometrics(image, CellPrediction(nucleus, nucleus))["nc_ratio"] is None  # no cytoplasm: undefined
+    assert predict_cells.morphometrics(image, CellPrediction(nucleus, nucleus))["nc_ratio"] is None  # no cytoplasm: undefined
 
 
 def test_help_explains_every_flag(capsys):
