@@ -32,7 +32,8 @@ from tools.inference import (
     softmax,
     torch_pipeline,
 )
-from tools.layouts import CellRecord, normal_class_names, read_records
+from tools.layouts.cells import normal_class_names, read_records
+from tools.layouts.record import CellRecord
 from tools.masks import MASKS_MANIFEST, PredictedMaskFiles, ground_truth_masks
 from tools.metrics import (
     SegmentationMeter,

@@ -34,7 +34,8 @@ from tools.config import (
 from tools.fields.predict import fields_only, predict_fields
 from tools.fields.readers import SLIDE_EXTENSIONS
 from tools.inputs import OUTPUT_MARKER, input_files, mark_output_dir, split_pattern
-from tools.layouts import IMAGE_EXTENSIONS, paired_mask_files
+from tools.layouts.files import IMAGE_EXTENSIONS
+from tools.layouts.paired import paired_mask_files
 from tools.predict_cells import predict_cells
 from tools.run_dir import RunLock, RunPaths
 from utils.errors import UserError, exit_on_user_error

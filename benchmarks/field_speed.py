@@ -44,7 +44,7 @@ from tools.config import HelpFormatter, name_flag  # noqa: E402
 from tools.fields.models import load_field_models  # noqa: E402
 from tools.fields.segment import segment_field  # noqa: E402
 from tools.inputs import input_files  # noqa: E402
-from tools.layouts import IMAGE_EXTENSIONS  # noqa: E402
+from tools.layouts.files import IMAGE_EXTENSIONS  # noqa: E402
 from tools.run_dir import RunPaths  # noqa: E402
 from utils.errors import exit_on_user_error  # noqa: E402
 from utils.files import write_image  # noqa: E402

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from tools.acceleration import resolve_device  # noqa: E402
 from tools.config import HelpFormatter  # noqa: E402
 from tools.inference import FLIPS, CellPipeline, OnnxBackend, batched, onnx_pipeline, torch_pipeline  # noqa: E402
-from tools.layouts import read_records  # noqa: E402
+from tools.layouts.cells import read_records  # noqa: E402
 from tools.run_dir import RunPaths  # noqa: E402
 from tools.splits import read_manifest  # noqa: E402
 from utils.errors import exit_on_user_error  # noqa: E402

@@ -70,7 +70,8 @@ from tools.data_loader import (  # noqa: E402
 )
 from tools.demo_data import make_demo_dataset  # noqa: E402
 from tools.engine import backward_and_step, forward_loss, seed_everything  # noqa: E402
-from tools.layouts import CellRecord, read_records  # noqa: E402
+from tools.layouts.cells import read_records  # noqa: E402
+from tools.layouts.record import CellRecord  # noqa: E402
 from tools.masks import ground_truth_masks  # noqa: E402
 from tools.optim import adamw  # noqa: E402
 from utils.errors import UserError, exit_on_user_error  # noqa: E402

@@ -22,7 +22,7 @@ from tools.data_loader import (
     prepare_cells,
     report_skipped,
 )
-from tools.layouts import read_records
+from tools.layouts.cells import read_records
 from tools.run_dir import RunPaths
 from utils.errors import UserError
 from utils.preprocessing import PAD_RGB, cell_channels, normalize_image

@@ -31,7 +31,7 @@ from tools.fields.segment import (
 from tools.fields.models import FieldModels
 from tools.fields.readers import open_field
 from tools.inference import CellPipeline
-from tools.layouts import CLUSTER_CROP_MARGIN
+from tools.layouts.sipakmed import CLUSTER_CROP_MARGIN
 from utils.errors import UserError
 from utils.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PAD_RGB, normalize_image, read_image
 

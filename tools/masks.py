@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from tools.inference import batched
 from tools.inputs import mark_output_dir
-from tools.layouts import CellRecord, check_polygons_inside
+from tools.layouts.files import check_polygons_inside
+from tools.layouts.record import CellRecord
 from utils.errors import UserError
 from utils.files import file_sha1, write_image, written_atomically
 from utils.preprocessing import rasterize_polygons, read_mask

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tools.config import check_named_file
-from tools.layouts import CellRecord
+from tools.layouts.record import CellRecord
 from utils.console import say_once
 from utils.errors import UserError
 from utils.files import written_atomically

@@ -23,7 +23,8 @@ import numpy as np
 from scipy import ndimage
 
 from tools.inputs import input_files
-from tools.layouts import IMAGE_EXTENSIONS, nucleus_owner, read_dat_polygon
+from tools.layouts.files import IMAGE_EXTENSIONS, read_dat_polygon
+from tools.layouts.sipakmed import nucleus_owner
 from utils.errors import UserError
 from utils.preprocessing import (
     imread_unchanged,
@@ -34,7 +35,7 @@ from utils.preprocessing import (
 )
 
 FIELD_LAYOUTS = ("isbi2014", "sipakmed")
-# Matched on the file stem without regard to case, as tools.layouts matches its names
+# Matched on the file stem without regard to case, as tools/layouts/files.py matches its names
 ISBI_CELL_NAME = re.compile(r"^(?P<field>.+)_cell(?P<number>\d+)$", re.IGNORECASE)
 ISBI_NUCLEI_NAME = re.compile(r"^(?P<field>.+)_nuclei$", re.IGNORECASE)
 SIPAKMED_POLYGON_NAME = re.compile(r"^(?P<field>.+)_(?P<part>cyt|nuc)(?P<number>\d+)$", re.IGNORECASE)  # not CROPPED's NNN_MM_cyt

@@ -24,7 +24,7 @@ from scipy import ndimage
 from tools.fields.geometry import crop_padded, shrunk_window, window_corner, window_input
 from tools.fields.models import FieldModels
 from tools.inference import CellPipeline, batched, sigmoid
-from tools.layouts import CLUSTER_CROP_MARGIN
+from tools.layouts.sipakmed import CLUSTER_CROP_MARGIN
 from utils.preprocessing import PAD_RGB, fill_holes, largest_component, normalize_image
 
 # Nucleus instances, relative to the run's median nucleus (its diameter at the model scale: FieldModels.nucleus_px).
