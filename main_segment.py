@@ -49,7 +49,8 @@ def get_args(argv=None) -> argparse.Namespace:
         f"backbone {stage_default('fields', 'backbone')}, tile side --img-size {stage_default('fields', 'img_size')}, "
         f"--epochs {stage_default('fields', 'epochs')} for the field model)")
     fields.add_argument("--instance-size", type=img_size,
-                        help=f"input side of the instance model (one cell around its nucleus) {stage_default('fields', 'instance_size')}")
+                        help=f"input side of the instance model (one cell around its nucleus) "
+                             f"{stage_default('fields', 'instance_size')}")
     fields.add_argument("--instance-epochs", type=positive_int,
                         help=f"epochs of the instance model {stage_default('fields', 'instance_epochs')}")
     known, _ = parser.parse_known_args(argv)

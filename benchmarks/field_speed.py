@@ -59,7 +59,8 @@ def get_args(argv=None) -> argparse.Namespace:
         description="example: python benchmarks/field_speed.py --run-dir runs/isbi2014 "
                     "--field ../shared/data/isbi2014/edf/edf01.png\n" + __doc__.splitlines()[0],
         formatter_class=HelpFormatter)
-    parser.add_argument("--run-dir", type=Path, required=True, help="run folder with checkpoints/fields_best.pth and instances_best.pth")
+    parser.add_argument("--run-dir", type=Path, required=True,
+                        help="run folder with checkpoints/fields_best.pth and instances_best.pth")
     parser.add_argument("--field", type=Path, nargs="*", default=[],
                         help="images, folders or glob patterns tiled into the field (default: a generated demo cluster image)")
     parser.add_argument("--width", type=int, default=2048, help="field width in px")

@@ -99,7 +99,8 @@ def build_steps(args, workdir: Path, calibration_images) -> Dict[str, CellPipeli
     for level in LEVELS[:-1]:
         sessions = [OnnxBackend(paths.onnx / f"{stage}.onnx", graph_optimization=level) for stage in STAGES]
         if level == "disable":
-            steps["ONNX, no graph optimisation, one call per flip"] = with_graphs(sessions[0], ViewPerCall(sessions[1], len(FLIPS)))
+            steps["ONNX, no graph optimisation, one call per flip"] = with_graphs(sessions[0],
+                                                                                 ViewPerCall(sessions[1], len(FLIPS)))
             steps["ONNX, no graph optimisation, flips in one call"] = with_graphs(*sessions)
         else:
             steps[f"ONNX, graph optimisation '{level}'"] = with_graphs(*sessions)

@@ -97,7 +97,8 @@ def get_args(argv=None) -> Dict[str, argparse.Namespace]:
     group.add_argument("--steps", type=int, default=20, help="timed steps per measurement (the median is reported)")
     group.add_argument("--warmup", type=int, default=3,
                        help="untimed steps before them (allocator, cuDNN, compile); the peak memory is taken over these")
-    group.add_argument("--loader-batches", type=int, default=40, help="timed data-loader batches, over as many epochs as it takes")
+    group.add_argument("--loader-batches", type=int, default=40,
+                       help="timed data-loader batches, over as many epochs as it takes")
     group.add_argument("--output-json", type=Path, default=None, help="also write the rows here")
     group.add_argument("--predict-run", type=Path, default=None,
                        help="also time predict.py end to end (benchmarks/predict_speed.py) with this run's checkpoints, "

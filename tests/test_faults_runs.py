@@ -1,5 +1,5 @@
-"""Fault injection through the real entry points: small or odd data at evaluation and prediction, checkpoints, a full disk and Ctrl-C, output
-folders, flags out of range, names checked first.
+"""Fault injection through the real entry points: small or odd data at evaluation and prediction, checkpoints, a full
+disk and Ctrl-C, output folders, flags out of range, names checked first.
 
 Every bad input ends either in ONE line on stderr, `error: <file>: <what is wrong>; <what to do>`, with
 exit code 2 and no traceback, or in a run that works and gives the right result. A bad flag ends in argparse's
@@ -155,7 +155,8 @@ def test_ctrl_c_exits_130_saying_what_was_kept(paired_root, tmp_path, capsys, mo
     # another run stopped before its first checkpoint: nothing kept, and not the first run's checkpoints either
     monkeypatch.undo()
     interrupt_in_epoch(monkeypatch, 1)
-    message = expect_interrupted(capsys, main_classify.main, classify_args(paired_root, tmp_path / "fresh", "--mask-source", "gt"))
+    message = expect_interrupted(capsys, main_classify.main,
+                                 classify_args(paired_root, tmp_path / "fresh", "--mask-source", "gt"))
     assert "nothing" in message and str(paths.checkpoints) not in message
     assert not RunPaths(tmp_path / "fresh").checkpoints.exists()
 

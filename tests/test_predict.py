@@ -152,7 +152,8 @@ def test_all_readable_exits_zero_and_explain_is_optional(run_dir, input_dir, tmp
                            "--output-dir", str(tmp_path), "--device", "cpu"])
     assert code == 0
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*")) == [
-        OUTPUT_MARKER, "a/cell_cyt.png", "a/cell_nuc.png", "a/cell_overlay.png", "gray_cyt.png", "gray_nuc.png", "gray_overlay.png",
+        OUTPUT_MARKER, "a/cell_cyt.png", "a/cell_nuc.png", "a/cell_overlay.png",
+        "gray_cyt.png", "gray_nuc.png", "gray_overlay.png",
         "predictions.csv", "predictions.json"]
 
 
@@ -229,7 +230,8 @@ def test_the_output_folder_is_locked_while_predicting(run_dir, input_dir, tmp_pa
         predict.main([str(input_dir / "gray.bmp"), "--run-dir", str(run_dir), "--output-dir", str(tmp_path), "--device", "cpu"])
     assert exit_info.value.code == 2 and "another run" in capsys.readouterr().err
     (tmp_path / ".lock").unlink()
-    code, _ = run_predict([str(input_dir / "gray.bmp"), "--run-dir", str(run_dir), "--output-dir", str(tmp_path), "--device", "cpu"])
+    code, _ = run_predict([str(input_dir / "gray.bmp"), "--run-dir", str(run_dir), "--output-dir", str(tmp_path),
+                           "--device", "cpu"])
     assert code == 0 and not (tmp_path / ".lock").exists()  # taken while running, removed at exit
 
 
@@ -271,7 +273,8 @@ def test_morphometrics_of_a_drawn_cell():
     nucleus[20:30, 20:30] = True  # 100 px
     image = np.full((50, 60, 3), 200, np.uint8)
     measured = predict_cells.morphometrics(image, CellPrediction(cell, nucleus))
-    assert {k: measured[k] for k in ("nucleus_area_px", "cytoplasm_area_px")} == {"nucleus_area_px": 100, "cytoplasm_area_px": 1100}
+    assert {k: measured[k] for k in ("nucleus_area_px", "cytoplasm_area_px")} == {"nucleus_area_px": 100,
+                                                                                   "cytoplasm_area_px": 1100}
     assert measured["nc_ratio"] == pytest.approx(100 / 1100)
     assert set(measured) == set(FEATURE_NAMES)  # every measurement of tools/morphometry.py
     assert predict_cells.morphometrics(image, CellPrediction(nucleus, nucleus))["nc_ratio"] is None  # no cytoplasm: undefined

@@ -141,7 +141,8 @@ def predict_cells(args: argparse.Namespace, paths: Sequence[Path], names: Sequen
         seconds = {"start_up": round(start_up, 3), "predicting": round(time.perf_counter() - started, 3)}
         write_tables(args.output_dir, rows, failed, pipeline, args, seconds)
 
-    print(f"predicted {len(rows)} of {len(paths)} images in {seconds['predicting']:.1f}s ({len(rows) / seconds['predicting']:.1f} "
+    print(f"predicted {len(rows)} of {len(paths)} images in {seconds['predicting']:.1f}s "
+          f"({len(rows) / seconds['predicting']:.1f} "
           f"cells/s; start-up {start_up:.1f}s), class probabilities at temperature {pipeline.temperature:.3f}; "
           f"wrote {args.output_dir / 'predictions.csv'} and predictions.json")
     if failed:

@@ -222,12 +222,14 @@ def read_fields(root: Path, layout: str = "auto", check: bool = True) -> Tuple[L
     if layout == "auto":
         layout = detect_field_layout(root)
         if layout is None:
-            raise UserError(f"{root}: no fields found (expected {EXPECTED_LAYOUTS}); point --data-root at the folder that holds them")
+            raise UserError(f"{root}: no fields found (expected {EXPECTED_LAYOUTS}); point --data-root at the folder "
+                            f"that holds them")
     if layout not in FIELD_READERS:
         raise UserError(f"unknown field layout {layout!r}; choose one of: auto, {', '.join(FIELD_LAYOUTS)}")
     records = sorted(FIELD_READERS[layout](root), key=lambda r: r.field_id)
     if not records:
-        raise UserError(f"{root}: the {layout} layout found no fields (expected {EXPECTED_LAYOUTS}); check --data-root and --layout")
+        raise UserError(f"{root}: the {layout} layout found no fields (expected {EXPECTED_LAYOUTS}); check --data-root "
+                        f"and --layout")
     if check:
         for record in records:
             load_field(record)

@@ -109,7 +109,8 @@ def plan_blocks(shape: Tuple[int, int], block: int, halo: int, margin: int, tiss
             core = (top, left, min(top + block, shape[0]), min(left + block, shape[1]))
             if not tissue.any_in(*core):
                 continue
-            reach = (max(top - margin, 0), max(left - margin, 0), min(core[2] + margin, shape[0]), min(core[3] + margin, shape[1]))
+            reach = (max(top - margin, 0), max(left - margin, 0),
+                     min(core[2] + margin, shape[0]), min(core[3] + margin, shape[1]))
             box = tissue.box_in(*reach)
             region = (max(box[0] - halo, 0), max(box[1] - halo, 0), min(box[2] + halo, shape[0]), min(box[3] + halo, shape[1]))
             blocks.append((region, core))

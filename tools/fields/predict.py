@@ -94,7 +94,8 @@ def write_run_tables(args: argparse.Namespace, screening, backend: str, seconds:
                 out.writelines(table)
         if not screening.summaries:
             out.write("field,id\n")
-    run_summary = {"settings": {"field_checkpoint": str(args.field_checkpoint), "instance_checkpoint": str(args.instance_checkpoint),
+    run_summary = {"settings": {"field_checkpoint": str(args.field_checkpoint),
+                                "instance_checkpoint": str(args.instance_checkpoint),
                                 "cls_checkpoint": str(args.cls_checkpoint) if screening.class_names else None,
                                 "backend": backend, "scheduler": args.scheduler, "seconds": seconds,
                                 "failed": screening.failed},

@@ -161,7 +161,8 @@ class TiffReader(SlideReader):
                 decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables, jpegheader=page.jpegheader)
                 chunk = decoded.reshape(decoded.shape[-3:])  # [h, w, samples]
                 y0, x0 = row * chunk_h, col * chunk_w
-                ys, xs = slice(max(top, y0), min(bottom, y0 + chunk.shape[0])), slice(max(left, x0), min(right, x0 + chunk.shape[1]))
+                ys = slice(max(top, y0), min(bottom, y0 + chunk.shape[0]))
+                xs = slice(max(left, x0), min(right, x0 + chunk.shape[1]))
                 out[ys.start - top:ys.stop - top, xs.start - left:xs.stop - left] = \
                     chunk[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
         return out[..., 0] if samples == 1 else out

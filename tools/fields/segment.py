@@ -185,7 +185,8 @@ def cell_windows(image: np.ndarray, labels: np.ndarray, nuclei: Sequence[Tuple[i
             yield label, corner, marker, back[0], back[1]
 
 
-def window_cell(cell_prob: np.ndarray, nuc_prob: np.ndarray, nucleus: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
+def window_cell(cell_prob: np.ndarray, nuc_prob: np.ndarray,
+                nucleus: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
     """(cell mask, nucleus mask, score) in a window: the cell's component that holds its nucleus, solid.
 
     The nucleus returned is the field model's (`nucleus`, the marker): the instance model's nucleus head only helps
@@ -227,7 +228,8 @@ def segment_field(read: Callable[[int, int, int, int], np.ndarray], shape: Tuple
     cells = []
     for top in block_origins(shape[0], block):
         for left in block_origins(shape[1], block):
-            region = (max(top - halo, 0), max(left - halo, 0), min(top + block + halo, shape[0]), min(left + block + halo, shape[1]))
+            region = (max(top - halo, 0), max(left - halo, 0),
+                      min(top + block + halo, shape[0]), min(left + block + halo, shape[1]))
             core = (top, left, min(top + block, shape[0]), min(left + block, shape[1]))
             cells += segment_block(read(*region), region, core, models)
     return cells if keep_edge_cells else [cell for cell in cells if not nucleus_on_edge(cell, shape)]

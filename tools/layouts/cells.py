@@ -97,7 +97,8 @@ def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropp
     else:
         raise UserError(f"unknown layout {layout!r}; choose one of: auto, {', '.join(LAYOUTS)}")
     if not records:
-        raise UserError(f"{root}: the {layout} layout found no cells (sipakmed source: {sipakmed_source}); check --data-root and --layout")
+        raise UserError(f"{root}: the {layout} layout found no cells (sipakmed source: {sipakmed_source}); "
+                        f"check --data-root and --layout")
     empty = [f.name for f in class_folders(root) if not any(r.label == f.name for r in records)]
     if empty:
         raise UserError(f"{root}: class folder(s) {', '.join(empty)} hold no usable images; add images or remove the folder")
