@@ -277,7 +277,7 @@ def overlay_field(image: np.ndarray, cells) -> np.ndarray:
 @exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
-    with open_run(args.run_dir, args.data_root) as paths:
+    with open_run(args.run_dir, args.data_root, args.run_dir_flag) as paths:
         mark_output_dir(paths.eval)
         if is_field_layout(args.layout, args.data_root):
             return evaluate_fields(args, paths)

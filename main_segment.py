@@ -95,7 +95,7 @@ def train_on_fields(args, paths: RunPaths, started: float) -> None:
 @exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
-    with open_run(args.run_dir, args.data_root) as paths:
+    with open_run(args.run_dir, args.data_root, args.run_dir_flag) as paths:
         if is_field_layout(args.layout, args.data_root):
             args.device = str(resolve_device(args.device))
             return train_on_fields(args, paths, time.time())

@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     if args.fields:
         paths, names = fields_only(args.inputs, paths, names)
         mark_output_dir(args.output_dir)
-        with RunLock(args.output_dir):
+        with RunLock(args.output_dir, "--output-dir"):
             return predict_fields(args, paths, names)
     return predict_cells(args, paths, names)
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 from faults import (
     CPU,
+    SEGMENT,
     classify_args,
     copy_tree,
     evaluate_args,
@@ -200,12 +201,21 @@ def test_second_run_into_a_locked_run_folder_is_refused(paired_root, tmp_path, c
         lock = write_lock(out, other.pid)
         expect_user_error(capsys, main_classify.main, classify_args(paired_root, out, "--mask-source", "gt"), out,
                           f"another run (pid {other.pid}", "main_segment.py --run-dir runs/a", "is writing here",
-                          "wait for it to end or pass another --run-dir")
+                          "wait for it to end or pass another --output-dir")
     finally:
         other.kill()
         other.wait()
     assert json.loads(lock.read_text())["pid"] == other.pid  # the other run's lock is left alone
     assert not RunPaths(out).checkpoints.exists()
+
+
+@pytest.mark.parametrize("flag", ["--run-dir", "--output-dir"])
+def test_a_locked_run_folder_is_refused_naming_the_flag_given(paired_root, tmp_path, capsys, flag):
+    out = tmp_path / "run"
+    write_lock(out, os.getpid())  # this process: alive
+    argv = ["--data-root", paired_root, flag, out, *SEGMENT]
+    message = expect_user_error(capsys, main_segment.main, argv, out, "is writing here")
+    assert message.endswith(f"wait for it to end or pass another {flag}")
 
 
 def test_stale_lock_of_an_ended_run_is_taken_over(paired_root, tmp_path):

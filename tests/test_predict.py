@@ -224,6 +224,13 @@ def test_an_output_folder_holding_the_inputs_is_refused(run_dir, tmp_path, capsy
     assert not (cells / "predictions.csv").exists()
 
 
+def test_a_locked_output_folder_is_refused_naming_output_dir(run_dir, input_dir, tmp_path, capsys):
+    (tmp_path / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": "x"}))
+    with pytest.raises(SystemExit):
+        predict.main([str(input_dir / "gray.bmp"), "--run-dir", str(run_dir), "--output-dir", str(tmp_path), "--device", "cpu"])
+    assert capsys.readouterr().err.strip().endswith("wait for it to end or pass another --output-dir")
+
+
 def test_the_output_folder_is_locked_while_predicting(run_dir, input_dir, tmp_path, capsys):
     (tmp_path / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": "x"}))
     with pytest.raises(SystemExit) as exit_info:

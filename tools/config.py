@@ -209,9 +209,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class RememberFlag(argparse.Action):
+    """Stores the value, and in <dest>_flag which of the option's names the user typed, so that a message can name it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_flag", option_string)
+
+
 def run_dir_flag(group, help_text: str) -> None:
-    """--run-dir: the run folder (--output-dir, its old name, still works)."""
-    group.add_argument("--run-dir", "--output-dir", dest="run_dir", type=Path, default=Path("."), help=help_text)
+    """--run-dir: the run folder (--output-dir, its old name, still works; args.run_dir_flag: the one given)."""
+    group.add_argument("--run-dir", "--output-dir", dest="run_dir", type=Path, default=Path("."), action=RememberFlag,
+                       help=help_text)
+    group.set_defaults(run_dir_flag="--run-dir")
 
 
 def data_parser() -> argparse.ArgumentParser:

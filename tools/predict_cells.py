@@ -133,7 +133,7 @@ def predict_cells(args: argparse.Namespace, paths: Sequence[Path], names: Sequen
 
     rows, failed = [], []
     chunks = list(batched(list(zip(paths, names)), args.batch_size))
-    with RunLock(args.output_dir), tqdm(total=len(paths), desc="predicting", unit="cell") as progress, \
+    with RunLock(args.output_dir, "--output-dir"), tqdm(total=len(paths), desc="predicting", unit="cell") as progress, \
             ThreadPoolExecutor(workers) as pool:
         for chunk, chunk_rows in zip(chunks, pool.map(lambda chunk: predict_chunk(pipeline, args, chunk, failed), chunks)):
             rows += chunk_rows
