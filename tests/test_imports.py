@@ -67,6 +67,21 @@ def test_the_cycle_check_sees_sub_packages():
     assert "tools.fields.models" in our_imports(REPO / "tools" / "fields" / "segment.py")
 
 
+MAX_LINES = 400  # a file past this holds more than one idea (STYLE.md): split it by concern, not by length alone
+NOT_OURS = {".venv", "data", "runs", ".git"}
+
+
+def source_files():
+    """Every Python file of the repo (scripts, packages, tests, benchmarks), not the environment or run outputs."""
+    return [path for path in sorted(REPO.rglob("*.py")) if not NOT_OURS & set(path.relative_to(REPO).parts)]
+
+
+def test_no_source_file_is_over_400_lines():
+    long = {str(path.relative_to(REPO)): lines for path in source_files()
+            if (lines := len(path.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"over {MAX_LINES} lines: {long}; split each by the concerns it holds"
+
+
 def test_the_rules_would_catch_a_wrong_way_import(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import numpy\nfrom tools.metrics import overlap_scores\ndef f():\n    import model.segmentation_model\n")
