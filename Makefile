@@ -65,7 +65,9 @@ demo: setup
 	$(PY) -m tools.demo_check --data-root $(DEMO_DATA) --run-dir $(DEMO_RUN)
 	@echo "$$DEMO_NEXT"
 
+# Lint and import order first (ruff, configured in pyproject.toml): seconds, and CI fails on the first
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest tests -q
 
 herlev: setup

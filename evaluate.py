@@ -32,7 +32,9 @@ from tools.inference import (
     softmax,
     torch_pipeline,
 )
-from tools.layouts import CellRecord, normal_class_names, read_records
+from tools.inputs import mark_output_dir
+from tools.layouts.cells import normal_class_names, read_records
+from tools.layouts.record import CellRecord
 from tools.masks import MASKS_MANIFEST, PredictedMaskFiles, ground_truth_masks
 from tools.metrics import (
     SegmentationMeter,
@@ -44,7 +46,6 @@ from tools.metrics import (
     grade_metrics,
     reliability_bins,
 )
-from tools.inputs import mark_output_dir
 from tools.run_dir import RunPaths, open_run
 from tools.splits import manifest_sha1
 from utils.errors import UserError, exit_on_user_error
@@ -67,12 +68,14 @@ def get_args(argv=None) -> argparse.Namespace:
                        help="cells to evaluate: a split of the manifest, or every cell of --data-root (any layout)")
     group.add_argument("--seg-checkpoint", type=Path, default=None, help="default: <run-dir>/checkpoints/segmentation_best.pth")
     group.add_argument("--cls-checkpoint", type=Path, default=None, help="default: <run-dir>/checkpoints/classification_best.pth")
-    group.add_argument("--mask-source", default="predicted", **name_flag(["predicted", "gt"]), help="masks given to the classifier")
+    group.add_argument("--mask-source", default="predicted", **name_flag(["predicted", "gt"]),
+                       help="masks given to the classifier")
     group.add_argument("--masks-dir", type=Path, default=None,
                        help="score and classify with masks exported before (main_segment.py's outputs/masks, e.g. another "
                             "run's out-of-fold masks) instead of predicting them with --seg-checkpoint")
     group.add_argument("--normal-classes", nargs="+", default=None, metavar="CLASS",
-                       help="classes counted as normal for the normal/abnormal metrics (default: normal_* and SIPaKMeD's normal classes)")
+                       help="classes counted as normal for the normal/abnormal metrics (default: normal_* and "
+                            "SIPaKMeD's normal classes)")
     group.add_argument("--class-order", nargs="+", default=None, metavar="CLASS",
                        help="the classes from least to most severe, for the grading metrics (default: the classifier's "
                             "own order; Herlev's classes are known)")
@@ -80,7 +83,8 @@ def get_args(argv=None) -> argparse.Namespace:
                        help="onnx: ONNX Runtime on the CPU (exported once into <run-dir>/outputs/onnx); torch: PyTorch; "
                             "auto: PyTorch on a CUDA machine, else ONNX")
     group.add_argument("--num-overlays", type=positive_int, default=12, help="cells drawn in overlays.png")
-    group.add_argument("--num-errors", type=positive_int, default=12, help="most confident misclassified cells shown in report.html")
+    group.add_argument("--num-errors", type=positive_int, default=12,
+                       help="most confident misclassified cells shown in report.html")
     args = parser.parse_args(argv)
     paths = RunPaths(args.run_dir)
     args.seg_checkpoint = args.seg_checkpoint or paths.checkpoint("segmentation")
@@ -94,7 +98,8 @@ def get_args(argv=None) -> argparse.Namespace:
 def select_records(args: argparse.Namespace, paths: RunPaths, cls_checkpoint: dict) -> List[CellRecord]:
     """The cells to score: a split of the manifest the classifier was trained with, or every cell of the root."""
     if args.split == "all":
-        records, _ = read_records(args.data_root, args.layout, args.sipakmed_source, args.nuc_suffix, args.cyt_suffix, args.skip_bad)
+        records, _ = read_records(args.data_root, args.layout, args.sipakmed_source, args.nuc_suffix, args.cyt_suffix,
+                                  args.skip_bad)
         return usable_cells(records, args, paths.skipped_cells)
     split = open_dataset(args, paths)
     trained_on = cls_checkpoint.get("provenance", {}).get("split_manifest")
@@ -212,7 +217,8 @@ def evaluate_fields(args, paths: RunPaths) -> None:
     """Fields of view: nuclei (detection F1 at IoU 0.5, Dice of matched nuclei), cells (ISBI 2014 Dice and FNo, AJI)."""
     from tools.fields.data import open_fields
     from tools.fields.layouts import load_field, read_fields
-    from tools.fields.segment import load_field_models, segment_field
+    from tools.fields.models import load_field_models
+    from tools.fields.segment import segment_field
     from tools.instance_metrics import (
         aggregated_jaccard_index,
         detection_scores,
@@ -271,7 +277,7 @@ def overlay_field(image: np.ndarray, cells) -> np.ndarray:
 @exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
-    with open_run(args.run_dir, args.data_root) as paths:
+    with open_run(args.run_dir, args.data_root, args.run_dir_flag) as paths:
         mark_output_dir(paths.eval)
         if is_field_layout(args.layout, args.data_root):
             return evaluate_fields(args, paths)
@@ -343,7 +349,8 @@ def print_summary(results: Dict, eval_dir: Path) -> None:
               f"iou cyt {seg['iou_cyt']:.4f}  nuc {seg['iou_nuc']:.4f}")
     low, high = cls["accuracy_ci95"]
     print(f"classification ({results['mask_source']} masks): accuracy {cls['accuracy']:.4f} (95% CI {low:.3f}-{high:.3f})  "
-          f"balanced {cls['balanced_accuracy']:.4f}  macro-F1 {cls['macro_f1']:.4f}  ROC-AUC {cls['roc_auc_macro'] or float('nan'):.4f}")
+          f"balanced {cls['balanced_accuracy']:.4f}  macro-F1 {cls['macro_f1']:.4f}  "
+          f"ROC-AUC {cls['roc_auc_macro'] or float('nan'):.4f}")
     if cls.get("quadratic_weighted_kappa") is not None:
         print(f"grading: quadratic weighted kappa {cls['quadratic_weighted_kappa']:.4f}  within one grade "
               f"{cls['within_one_grade_accuracy']:.4f}  mean absolute grade error {cls['mean_absolute_grade_error']:.4f}")

@@ -16,8 +16,8 @@ from tools.config import (
     positive_int,
     resolve_checkpoints,
 )
-from tools.onnx_export import CHECK_BATCH_SIZES, OPSET, TOLERANCE, export_run
 from tools.inputs import mark_output_dir
+from tools.onnx_export import CHECK_BATCH_SIZES, OPSET, TOLERANCE, export_run
 from tools.run_dir import RunPaths
 from utils.errors import exit_on_user_error
 

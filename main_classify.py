@@ -68,7 +68,7 @@ def get_args(argv=None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
-    with open_run(args.run_dir, args.data_root) as paths:
+    with open_run(args.run_dir, args.data_root, args.run_dir_flag) as paths:
         device = distributed.setup(resolve_device(args.device))
         args.device = str(device)  # under torchrun: this process's GPU
         started = time.time()

@@ -49,7 +49,8 @@ def get_args(argv=None) -> argparse.Namespace:
         f"backbone {stage_default('fields', 'backbone')}, tile side --img-size {stage_default('fields', 'img_size')}, "
         f"--epochs {stage_default('fields', 'epochs')} for the field model)")
     fields.add_argument("--instance-size", type=img_size,
-                        help=f"input side of the instance model (one cell around its nucleus) {stage_default('fields', 'instance_size')}")
+                        help=f"input side of the instance model (one cell around its nucleus) "
+                             f"{stage_default('fields', 'instance_size')}")
     fields.add_argument("--instance-epochs", type=positive_int,
                         help=f"epochs of the instance model {stage_default('fields', 'instance_epochs')}")
     fields.add_argument("--instance-cells", type=non_negative_int,
@@ -98,7 +99,7 @@ def train_on_fields(args, paths: RunPaths, started: float) -> None:
 @exit_on_user_error
 def main(argv=None) -> None:
     args = get_args(argv)
-    with open_run(args.run_dir, args.data_root) as paths:
+    with open_run(args.run_dir, args.data_root, args.run_dir_flag) as paths:
         if is_field_layout(args.layout, args.data_root):
             args.device = str(resolve_device(args.device))
             return train_on_fields(args, paths, time.time())

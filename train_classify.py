@@ -25,7 +25,7 @@ from tools.data_loader import (
 )
 from tools.engine import Task, fit, seed_everything
 from tools.inference import torch_pipeline
-from tools.layouts import CellRecord
+from tools.layouts.record import CellRecord
 from tools.masks import (
     MaskProvider,
     PredictedMaskFiles,

@@ -58,7 +58,8 @@ def fit_model(args, task: Task, train_set, val_set, epochs: int, in_chans: int, 
     print(f"{task.name}: {args.backbone} ({origin}), {len(train_set)} train / {len(val_set)} val items per epoch, "
           f"{epochs} epochs on {device}")
     run = RunState(task.name, vars(args), config, provenance=provenance_)
-    resume = paths.checkpoint(task.name, "last") if args.resume is not None and paths.checkpoint(task.name, "last").exists() else None
+    last = paths.checkpoint(task.name, "last")
+    resume = last if args.resume is not None and last.exists() else None
     return fit(model, task, train_loader, val_loader, optimizer, scheduler, device, epochs, run, paths.checkpoints,
                paths.logs(task.name), resume, accel, args.ema_decay)
 

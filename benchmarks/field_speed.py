@@ -41,9 +41,10 @@ sys.path.insert(0, str(REPO))  # run as `python benchmarks/field_speed.py`: the 
 
 from benchmarks.herlev import git_commit  # noqa: E402
 from tools.config import HelpFormatter, name_flag  # noqa: E402
-from tools.fields.segment import load_field_models, segment_field  # noqa: E402
+from tools.fields.models import load_field_models  # noqa: E402
+from tools.fields.segment import segment_field  # noqa: E402
 from tools.inputs import input_files  # noqa: E402
-from tools.layouts import IMAGE_EXTENSIONS  # noqa: E402
+from tools.layouts.files import IMAGE_EXTENSIONS  # noqa: E402
 from tools.run_dir import RunPaths  # noqa: E402
 from utils.errors import exit_on_user_error  # noqa: E402
 from utils.files import write_image  # noqa: E402
@@ -58,7 +59,8 @@ def get_args(argv=None) -> argparse.Namespace:
         description="example: python benchmarks/field_speed.py --run-dir runs/isbi2014 "
                     "--field ../shared/data/isbi2014/edf/edf01.png\n" + __doc__.splitlines()[0],
         formatter_class=HelpFormatter)
-    parser.add_argument("--run-dir", type=Path, required=True, help="run folder with checkpoints/fields_best.pth and instances_best.pth")
+    parser.add_argument("--run-dir", type=Path, required=True,
+                        help="run folder with checkpoints/fields_best.pth and instances_best.pth")
     parser.add_argument("--field", type=Path, nargs="*", default=[],
                         help="images, folders or glob patterns tiled into the field (default: a generated demo cluster image)")
     parser.add_argument("--width", type=int, default=2048, help="field width in px")
@@ -202,7 +204,7 @@ def run_predict(args, image: Path, backend: str, output: Path) -> Dict:
 
 
 def image_shape(path: Path):
-    from tools.fields.segment import open_field
+    from tools.fields.readers import open_field
 
     return open_field(path)[1]
 

@@ -55,7 +55,8 @@ def get_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-json", type=Path, default=None, help="results file (default: <output-dir>/gpu_check.json)")
     parser.add_argument("--epochs", type=int, default=3, help="training epochs of each stage")
     parser.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda or cuda:N, passed to every script")
-    parser.add_argument("--backbone", default=None, type=backbone_name, help="timm backbone of both models (default: the stages', convnext_tiny)")
+    parser.add_argument("--backbone", default=None, type=backbone_name,
+                        help="timm backbone of both models (default: the stages', convnext_tiny)")
     parser.add_argument("--img-size", type=int, default=None, help="input side in px (default: the stages', 256)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch of both stages (default: each stage's own)")
     parser.add_argument("--decoder-channels", type=int, nargs=3, default=None, metavar=("D16", "D8", "D4"),
@@ -180,7 +181,8 @@ def markdown_table(results: Dict) -> str:
         ("throughput.py, speed flags off", seconds["throughput_flags_off"], None, ""),
         ("all", seconds["total"], None, ""),
     ]
-    lines = [f"{results['device_name']}, torch {results['torch']} (built for CUDA {results['cuda']}), commit {results['commit']}; "
+    lines = [f"{results['device_name']}, torch {results['torch']} (built for CUDA {results['cuda']}), "
+             f"commit {results['commit']}; "
              f"{results['data_root']}, {results['epochs']} epochs per stage, segmentation {seg['backbone']} "
              f"{seg['img_size']} px batch {seg['batch_size']}, classification {cls['backbone']} {cls['img_size']} px "
              f"batch {cls['batch_size']}", "",

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))  # run as `python benchmarks/herlev.py`: the repo'
 
 from tools.config import PRESETS, HelpFormatter, name_flag  # noqa: E402
 from tools.inputs import mark_output_dir  # noqa: E402
-from tools.layouts import read_records  # noqa: E402
+from tools.layouts.cells import read_records  # noqa: E402
 from tools.splits import cross_validation_manifests, load_split  # noqa: E402
 from utils.errors import exit_on_user_error  # noqa: E402
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from tools.acceleration import resolve_device  # noqa: E402
 from tools.config import HelpFormatter  # noqa: E402
 from tools.inference import FLIPS, CellPipeline, OnnxBackend, batched, onnx_pipeline, torch_pipeline  # noqa: E402
-from tools.layouts import read_records  # noqa: E402
+from tools.layouts.cells import read_records  # noqa: E402
 from tools.run_dir import RunPaths  # noqa: E402
 from tools.splits import read_manifest  # noqa: E402
 from utils.errors import exit_on_user_error  # noqa: E402
@@ -99,7 +99,8 @@ def build_steps(args, workdir: Path, calibration_images) -> Dict[str, CellPipeli
     for level in LEVELS[:-1]:
         sessions = [OnnxBackend(paths.onnx / f"{stage}.onnx", graph_optimization=level) for stage in STAGES]
         if level == "disable":
-            steps["ONNX, no graph optimisation, one call per flip"] = with_graphs(sessions[0], ViewPerCall(sessions[1], len(FLIPS)))
+            steps["ONNX, no graph optimisation, one call per flip"] = with_graphs(sessions[0],
+                                                                                 ViewPerCall(sessions[1], len(FLIPS)))
             steps["ONNX, no graph optimisation, flips in one call"] = with_graphs(*sessions)
         else:
             steps[f"ONNX, graph optimisation '{level}'"] = with_graphs(*sessions)

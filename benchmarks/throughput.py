@@ -70,7 +70,8 @@ from tools.data_loader import (  # noqa: E402
 )
 from tools.demo_data import make_demo_dataset  # noqa: E402
 from tools.engine import backward_and_step, forward_loss, seed_everything  # noqa: E402
-from tools.layouts import CellRecord, read_records  # noqa: E402
+from tools.layouts.cells import read_records  # noqa: E402
+from tools.layouts.record import CellRecord  # noqa: E402
 from tools.masks import ground_truth_masks  # noqa: E402
 from tools.optim import adamw  # noqa: E402
 from utils.errors import UserError, exit_on_user_error  # noqa: E402
@@ -96,7 +97,8 @@ def get_args(argv=None) -> Dict[str, argparse.Namespace]:
     group.add_argument("--steps", type=int, default=20, help="timed steps per measurement (the median is reported)")
     group.add_argument("--warmup", type=int, default=3,
                        help="untimed steps before them (allocator, cuDNN, compile); the peak memory is taken over these")
-    group.add_argument("--loader-batches", type=int, default=40, help="timed data-loader batches, over as many epochs as it takes")
+    group.add_argument("--loader-batches", type=int, default=40,
+                       help="timed data-loader batches, over as many epochs as it takes")
     group.add_argument("--output-json", type=Path, default=None, help="also write the rows here")
     group.add_argument("--predict-run", type=Path, default=None,
                        help="also time predict.py end to end (benchmarks/predict_speed.py) with this run's checkpoints, "

@@ -84,7 +84,8 @@ class DecoderBlock(nn.Module):
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
         super().__init__()
         self.gate = AttentionGate(in_channels, skip_channels, max(skip_channels // 2, 8))
-        self.convs = nn.Sequential(conv_bn_relu(in_channels + skip_channels, out_channels), conv_bn_relu(out_channels, out_channels))
+        self.convs = nn.Sequential(conv_bn_relu(in_channels + skip_channels, out_channels),
+                                   conv_bn_relu(out_channels, out_channels))
         self.cbam = CBAM(out_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import List
 
 import numpy as np
 
-from tools.fields.segment import FieldModels
+from tools.fields.models import FieldModels
 from utils.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 FOREGROUND_GREY = 200

@@ -1,9 +1,9 @@
 """Generated hostile inputs for the property tests (Hypothesis): what a user's folder may hold, written to disk.
 
-Images of any size from 1 px, grey, RGB or RGBA (TIFF: grey + alpha too), 8- or 16-bit or float (constant, or with NaN), as PNG, BMP,
-JPEG or TIFF (planar too), whole, cut short or empty; masks that are empty, full, inverted, off by a pixel or of
-another size; polygon (.dat) files of any text. Arrays come from a drawn seed, so a failing example shrinks to
-small sizes and seed 0 and reads back as a few numbers.
+Images of any size from 1 px, grey, RGB or RGBA (TIFF: grey + alpha too), 8- or 16-bit or float (constant, or with
+NaN), as PNG, BMP, JPEG or TIFF (planar too), whole, cut short or empty; masks that are empty, full, inverted, off
+by a pixel or of another size; polygon (.dat) files of any text. Arrays come from a drawn seed, so a failing example
+shrinks to small sizes and seed 0 and reads back as a few numbers.
 """
 from dataclasses import dataclass
 from pathlib import Path

@@ -12,7 +12,7 @@ from tools.calibration import (
 )
 from tools.cell_cache import PreparedCells
 from tools.inference import CellPipeline
-from tools.layouts import CellRecord
+from tools.layouts.record import CellRecord
 from tools.metrics import expected_calibration_error
 from utils.preprocessing import cell_channels
 

@@ -12,7 +12,7 @@ import tools.data_loader
 from tools.cell_cache import cache_key
 from tools.config import CELL_CACHE_ENV, data_parser
 from tools.data_loader import prepare_cells
-from tools.layouts import read_records
+from tools.layouts.cells import read_records
 from tools.masks import (
     PredictedMaskFiles,
     ground_truth_masks,

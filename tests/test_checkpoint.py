@@ -40,7 +40,8 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path):
 
 
 def test_load_checkpoint_missing_file(tmp_path):
-    with pytest.raises(UserError, match=r"nothing\.pth: no such file, unknown checkpoint 'nothing\.pth' \(known: none\); train the segmentation"):
+    with pytest.raises(UserError, match=r"nothing\.pth: no such file, unknown checkpoint 'nothing\.pth' \(known: none\); "
+                                        r"train the segmentation"):
         load_checkpoint(tmp_path / "nothing.pth", "segmentation")
     with pytest.raises(UserError, match="is a folder, not a checkpoint"):
         load_checkpoint(tmp_path, "segmentation")  # a folder is not a checkpoint
@@ -88,7 +89,8 @@ def test_load_model_refuses_a_checkpoint_that_does_not_describe_a_model(tmp_path
 def test_resume_with_other_classes_is_refused():
     """Same class count, other names: the weights would load, and every label would silently mean another class."""
     checkpoint = {"model_config": {"backbone": "b", "num_classes": 2}, "class_names": ["a", "b"]}
-    check_resume_compatible(Path("c.pth"), checkpoint, RunState("classification", {}, {"backbone": "b", "num_classes": 2}, ["a", "b"]))
+    check_resume_compatible(Path("c.pth"), checkpoint,
+                            RunState("classification", {}, {"backbone": "b", "num_classes": 2}, ["a", "b"]))
     with pytest.raises(UserError, match=r"c\.pth: cannot resume.*class_names \['a', 'b'\].*class_names \['a', 'c'\]"):
         check_resume_compatible(Path("c.pth"), checkpoint, RunState("classification", {}, checkpoint["model_config"], ["a", "c"]))
 

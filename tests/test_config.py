@@ -39,6 +39,13 @@ def test_run_dir_has_output_dir_as_its_alias_and_resume_defaults_into_it(tmp_pat
     assert parse("segmentation").run_dir == Path(".")
 
 
+def test_the_run_folders_flag_is_remembered_as_the_user_gave_it(tmp_path):
+    """Messages about the run folder (tools/run_dir.RunLock) name the flag typed, not always --run-dir."""
+    assert parse("segmentation", "--output-dir", str(tmp_path)).run_dir_flag == "--output-dir"
+    assert parse("segmentation", "--run-dir", str(tmp_path)).run_dir_flag == "--run-dir"
+    assert parse("segmentation").run_dir_flag == "--run-dir"
+
+
 @pytest.mark.parametrize("flag,value,expected", [
     ("--epochs", "0", "a whole number >= 1"),
     ("--lr", "nan", "a number > 0"),

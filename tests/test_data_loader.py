@@ -22,7 +22,7 @@ from tools.data_loader import (
     prepare_cells,
     report_skipped,
 )
-from tools.layouts import read_records
+from tools.layouts.cells import read_records
 from tools.run_dir import RunPaths
 from utils.errors import UserError
 from utils.preprocessing import PAD_RGB, cell_channels, normalize_image
@@ -266,7 +266,10 @@ def test_make_loader_makes_main_process_augmentation_repeatable():
 
 def test_make_loader_is_seeded():
     dataset = TensorDataset(torch.arange(20))
-    order = lambda seed: [int(x) for (batch,) in make_loader(dataset, 4, True, 0, CPU, seed) for x in batch]
+
+    def order(seed):
+        return [int(x) for (batch,) in make_loader(dataset, 4, True, 0, CPU, seed) for x in batch]
+
     assert order(3) == order(3) and sorted(order(3)) == list(range(20))
     assert order(3) != order(4)
     loader = make_loader(dataset, 6, False, 0, CPU, 0, drop_last=True)

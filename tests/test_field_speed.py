@@ -8,7 +8,7 @@ import numpy as np
 from tiny_checkpoints import save_untrained_field_models
 
 from benchmarks import field_speed
-from tools.fields.segment import open_field
+from tools.fields.readers import open_field
 from utils.files import write_image
 
 
@@ -70,7 +70,8 @@ def test_every_row_on_a_tiny_run(tmp_path, capsys):
     results = json.loads(output.read_text())
     alone, whole, big = results["rows"]
     assert [(r["measure"], r["backend"], r["image"]) for r in results["rows"]] == [
-        ("segment_field", "onnx", "160x120"), ("predict.py --fields", "onnx", "160x120"), ("predict.py --fields", "onnx", "300x300")]
+        ("segment_field", "onnx", "160x120"), ("predict.py --fields", "onnx", "160x120"),
+        ("predict.py --fields", "onnx", "300x300")]
     for row in results["rows"]:
         assert math.isfinite(row["seconds"]) and row["seconds"] > 0 and row["cells"] >= 0
     for row in (whole, big):
@@ -81,4 +82,5 @@ def test_every_row_on_a_tiny_run(tmp_path, capsys):
     assert not list((tmp_path / "work").iterdir())  # the field, the TIFF and the outputs are gone
 
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert table[0].startswith("| measure | backend | image | seconds |") and len(table) == 1 + 3  # header, then a row per measurement
+    # header, then a row per measurement
+    assert table[0].startswith("| measure | backend | image | seconds |") and len(table) == 1 + 3

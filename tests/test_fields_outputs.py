@@ -1,7 +1,6 @@
 """Behaviour of tools/fields/outputs.py: what predict.py --fields writes for every cell, from hand-drawn cells."""
 import json
 
-import cv2
 import numpy as np
 import pytest
 from skimage.draw import polygon as fill_polygon

@@ -6,8 +6,8 @@ import shutil
 import subprocess
 
 import pytest
-
 from fake_field_models import CLASS_NAMES, fake_field_models, install
+
 from tools.fields.make_slide import make_slide
 from tools.fields.slide import CallRule, InProcess, ModelSpec, Screening, ScreenSettings
 

@@ -13,17 +13,15 @@ import numpy as np
 import pytest
 import tifffile
 from hypothesis import example, given, settings
-from hypothesis import strategies as st
 
 import tools.fields.segment
-
+from tools.fields.models import FieldModels
+from tools.fields.readers import open_field
 from tools.fields.segment import (
     FieldCell,
-    FieldModels,
     cell_crop,
     classify_cells,
     nucleus_instances,
-    open_field,
     segment_field,
     stride_starts,
     tiled_probabilities,
@@ -31,7 +29,7 @@ from tools.fields.segment import (
     window_cell,
 )
 from tools.inference import CellPipeline
-from tools.layouts import CLUSTER_CROP_MARGIN
+from tools.layouts.sipakmed import CLUSTER_CROP_MARGIN
 from utils.errors import UserError
 from utils.preprocessing import IMAGENET_MEAN, IMAGENET_STD, PAD_RGB, normalize_image, read_image
 
@@ -172,9 +170,11 @@ def test_segment_field_drops_the_cells_whose_nucleus_the_border_cuts_unless_aske
     read = lambda t, l, b, r: image[t:b, l:r]  # noqa: E731
     kept = segment_field(read, FIELD_SHAPE, fake_models(), block=block)
     assert sorted(by_nucleus(kept, centres, FIELD_SHAPE)[c] != [] for c in centres) == [False] * 2 + [True] * len(CENTRES)
-    assert all(by_nucleus(kept, cut_nuclei, FIELD_SHAPE)[c] == [] for c in cut_nuclei)  # "cut by the image corner": only its cell is cut
+    # "cut by the image corner": only its cell is cut
+    assert all(by_nucleus(kept, cut_nuclei, FIELD_SHAPE)[c] == [] for c in cut_nuclei)
     everything = segment_field(read, FIELD_SHAPE, fake_models(), block=block, keep_edge_cells=True)
-    assert len(everything) == len(centres) and all(len(cells) == 1 for cells in by_nucleus(everything, centres, FIELD_SHAPE).values())
+    assert len(everything) == len(centres) and all(len(cells) == 1
+                                                   for cells in by_nucleus(everything, centres, FIELD_SHAPE).values())
 
 
 def test_segment_field_of_an_empty_field_finds_no_cell():

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fake_field_models import CLASS_NAMES, fake_field_models, install
+
 from tools.fields.journal import SlideJournal
 from tools.fields.make_slide import make_slide
 from tools.fields.slide import CallRule, InProcess, ModelSpec, Screening, ScreenSettings

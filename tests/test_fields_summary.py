@@ -11,7 +11,8 @@ CLASSES = ["im_Dyskeratotic", "im_Koilocytotic", "im_Parabasal"]  # Parabasal is
 def write_cells(path, probabilities):
     with open(path, "w", newline="") as table:
         writer = csv.writer(table)
-        writer.writerow(["field", "id", "centroid_x", "centroid_y", "x0", "y0", "x1", "y1", "class"] + [f"prob_{c}" for c in CLASSES])
+        writer.writerow(["field", "id", "centroid_x", "centroid_y", "x0", "y0", "x1", "y1", "class"]
+                        + [f"prob_{c}" for c in CLASSES])
         for number, probs in enumerate(probabilities, start=1):
             name = CLASSES[max(range(3), key=lambda i: probs[i])]
             writer.writerow(["slide", number, 10.5 * number, 20.0, 0, 0, 4, 4, name, *probs])

@@ -15,7 +15,8 @@ from tools.inference import (
     softmax,
     torch_pipeline,
 )
-from tools.layouts import CellRecord, read_records
+from tools.layouts.cells import read_records
+from tools.layouts.record import CellRecord
 from tools.masks import ground_truth_masks
 from utils.errors import UserError
 from utils.preprocessing import normalize_image

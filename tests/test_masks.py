@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tools.layouts import CellRecord, read_records
+from tools.layouts.cells import read_records
+from tools.layouts.record import CellRecord
 from tools.masks import (
     MASKS_MANIFEST,
     PredictedMaskFiles,

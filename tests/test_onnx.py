@@ -14,7 +14,7 @@ from tiny_checkpoints import (
 
 import export_onnx
 from tools.checkpoint import load_checkpoint, load_model, save_checkpoint
-from tools.fields.segment import UNRECORDED_NUCLEUS_PX, onnx_field_models, torch_field_models
+from tools.fields.models import UNRECORDED_NUCLEUS_PX, onnx_field_models, torch_field_models
 from tools.inference import GRAPH_OPTIMIZATIONS, OnnxBackend, TorchBackend, onnx_backend, onnx_pipeline
 from utils.files import file_sha1
 

@@ -5,7 +5,7 @@ import numpy as np
 from tiny_checkpoints import save_untrained_classification, save_untrained_segmentation
 
 from benchmarks import onnx_steps
-from tools.layouts import read_records
+from tools.layouts.cells import read_records
 from tools.run_dir import RunPaths
 from tools.splits import load_split
 

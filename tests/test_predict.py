@@ -25,6 +25,7 @@ from tiny_checkpoints import (
 import main_segment
 import predict
 import tools.fields.segment
+from tools import predict_cells
 from tools.inference import CellPrediction
 from tools.inputs import OUTPUT_MARKER
 from tools.morphometry import FEATURE_NAMES
@@ -151,7 +152,8 @@ def test_all_readable_exits_zero_and_explain_is_optional(run_dir, input_dir, tmp
                            "--output-dir", str(tmp_path), "--device", "cpu"])
     assert code == 0
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*")) == [
-        OUTPUT_MARKER, "a/cell_cyt.png", "a/cell_nuc.png", "a/cell_overlay.png", "gray_cyt.png", "gray_nuc.png", "gray_overlay.png",
+        OUTPUT_MARKER, "a/cell_cyt.png", "a/cell_nuc.png", "a/cell_overlay.png",
+        "gray_cyt.png", "gray_nuc.png", "gray_overlay.png",
         "predictions.csv", "predictions.json"]
 
 
@@ -222,13 +224,21 @@ def test_an_output_folder_holding_the_inputs_is_refused(run_dir, tmp_path, capsy
     assert not (cells / "predictions.csv").exists()
 
 
+def test_a_locked_output_folder_is_refused_naming_output_dir(run_dir, input_dir, tmp_path, capsys):
+    (tmp_path / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": "x"}))
+    with pytest.raises(SystemExit):
+        predict.main([str(input_dir / "gray.bmp"), "--run-dir", str(run_dir), "--output-dir", str(tmp_path), "--device", "cpu"])
+    assert capsys.readouterr().err.strip().endswith("wait for it to end or pass another --output-dir")
+
+
 def test_the_output_folder_is_locked_while_predicting(run_dir, input_dir, tmp_path, capsys):
     (tmp_path / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": "x"}))
     with pytest.raises(SystemExit) as exit_info:
         predict.main([str(input_dir / "gray.bmp"), "--run-dir", str(run_dir), "--output-dir", str(tmp_path), "--device", "cpu"])
     assert exit_info.value.code == 2 and "another run" in capsys.readouterr().err
     (tmp_path / ".lock").unlink()
-    code, _ = run_predict([str(input_dir / "gray.bmp"), "--run-dir", str(run_dir), "--output-dir", str(tmp_path), "--device", "cpu"])
+    code, _ = run_predict([str(input_dir / "gray.bmp"), "--run-dir", str(run_dir), "--output-dir", str(tmp_path),
+                           "--device", "cpu"])
     assert code == 0 and not (tmp_path / ".lock").exists()  # taken while running, removed at exit
 
 
@@ -269,11 +279,12 @@ def test_morphometrics_of_a_drawn_cell():
     nucleus = np.zeros_like(cell)
     nucleus[20:30, 20:30] = True  # 100 px
     image = np.full((50, 60, 3), 200, np.uint8)
-    measured = predict.morphometrics(image, CellPrediction(cell, nucleus))
-    assert {k: measured[k] for k in ("nucleus_area_px", "cytoplasm_area_px")} == {"nucleus_area_px": 100, "cytoplasm_area_px": 1100}
+    measured = predict_cells.morphometrics(image, CellPrediction(cell, nucleus))
+    assert {k: measured[k] for k in ("nucleus_area_px", "cytoplasm_area_px")} == {"nucleus_area_px": 100,
+                                                                                   "cytoplasm_area_px": 1100}
     assert measured["nc_ratio"] == pytest.approx(100 / 1100)
     assert set(measured) == set(FEATURE_NAMES)  # every measurement of tools/morphometry.py
-    assert predict.morphometrics(image, CellPrediction(nucleus, nucleus))["nc_ratio"] is None  # no cytoplasm: undefined
+    assert predict_cells.morphometrics(image, CellPrediction(nucleus, nucleus))["nc_ratio"] is None  # no cytoplasm: undefined
 
 
 def test_help_explains_every_flag(capsys):

@@ -4,9 +4,9 @@ import errno
 import json
 
 import pytest
+from fake_field_models import FakeClassifier, fake_field_models
 
 import predict
-from fake_field_models import FakeClassifier, fake_field_models
 from tools.fields import journal, slide
 from tools.fields.make_slide import make_slide
 

@@ -90,7 +90,8 @@ def test_float_tiff_outside_the_usual_scale_is_stretched_to_8_bit(tmp_path):
 
 # ---------------------------------------------------------------- generated hostile images (tests/hostile.py)
 
-@settings(max_examples=hostile.examples(60), suppress_health_check=[HealthCheck.function_scoped_fixture])  # capfd: read in every example
+# capfd: read in every example
+@settings(max_examples=hostile.examples(60), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(hostile.images())
 @example(hostile.GeneratedImage(np.full((3, 2), 0.8, np.float32), ".tif"))  # was black: every float was stretched
 @example(hostile.GeneratedImage(np.array([[[102]], [[190]], [[28]], [[189]]], np.uint16).transpose(1, 2, 0), ".tif",

@@ -68,7 +68,8 @@ def synthetic_results():
     per_class = {name: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2} for name in ("normal_a", "<abnormal>")}
     return {
         "data_root": "data/x", "split": "test", "num_cells": 4, "mask_source": "predicted",
-        "segmentation": {"dice_cyt": 0.9, "iou_cyt": 0.8, "pixel_acc_cyt": 0.95, "dice_nuc": 0.7, "iou_nuc": 0.6, "pixel_acc_nuc": 0.97},
+        "segmentation": {"dice_cyt": 0.9, "iou_cyt": 0.8, "pixel_acc_cyt": 0.95,
+                         "dice_nuc": 0.7, "iou_nuc": 0.6, "pixel_acc_nuc": 0.97},
         "classification": {"accuracy": 0.5, "balanced_accuracy": 0.5, "macro_precision": 0.5, "macro_recall": 0.5,
                            "macro_f1": 0.5, "weighted_f1": 0.5, "roc_auc_macro": None,
                            "roc_auc_per_class": {"normal_a": None, "<abnormal>": 0.75}, "per_class": per_class,

@@ -37,6 +37,15 @@ def test_lock_is_held_while_running_and_removed_at_exit(tmp_path):
     assert not (tmp_path / "run" / ".lock").exists()
 
 
+def test_a_second_run_is_told_to_change_the_flag_that_named_the_folder(tmp_path):
+    with RunLock(tmp_path / "out", "--output-dir"):
+        with pytest.raises(UserError, match=r"is writing here; wait for it to end or pass another --output-dir$"):
+            RunLock(tmp_path / "out", "--output-dir").__enter__()
+    (tmp_path / "out" / ".lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "command": "x"}))
+    with pytest.raises(UserError, match=r"or pass another --output-dir$"):
+        RunLock(tmp_path / "out", "--output-dir").__enter__()
+
+
 def test_lock_of_a_finished_process_is_stale_and_taken_over(tmp_path):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / ".lock").write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname(), "command": "x"}))

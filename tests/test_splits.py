@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools.layouts import CellRecord
+from tools.layouts.record import CellRecord
 from tools.splits import (
     SPLITS,
     assign_splits,

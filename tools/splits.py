@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tools.config import check_named_file
-from tools.layouts import CellRecord
+from tools.layouts.record import CellRecord
 from utils.console import say_once
 from utils.errors import UserError
 from utils.files import written_atomically
@@ -116,7 +116,8 @@ def check_groups_disjoint(path: Path, split_of: Dict[str, str], group_of: Dict[s
         splits_of_group[group_of[sample_id]].add(split)
     leaking = sorted(g for g, s in splits_of_group.items() if len(s) > 1)
     if leaking:
-        raise UserError(f"{path}: group {leaking[0]} appears in several splits ({len(leaking)} groups leak); delete the manifest to re-split")
+        raise UserError(f"{path}: group {leaking[0]} appears in several splits ({len(leaking)} groups leak); "
+                        f"delete the manifest to re-split")
 
 
 def chosen_manifest(split_file: Optional[Path], default: Path) -> Path:

@@ -218,7 +218,8 @@ def letterbox(image: np.ndarray, masks: Sequence[np.ndarray], size: int) -> Tupl
     interpolation = cv2.INTER_AREA if max(image.shape[:2]) > size else cv2.INTER_LINEAR
     canvas = np.empty((size, size, 3), dtype=np.uint8)
     canvas[:] = PAD_RGB
-    canvas[box.top:box.top + box.height, box.left:box.left + box.width] = cv2.resize(image, (box.width, box.height), interpolation=interpolation)
+    resized = cv2.resize(image, (box.width, box.height), interpolation=interpolation)
+    canvas[box.top:box.top + box.height, box.left:box.left + box.width] = resized
     boxed_masks = []
     for mask in masks:
         boxed = np.zeros((size, size), dtype=np.uint8)

@@ -187,7 +187,8 @@ def gallery_body(errors: Sequence[ErrorExample]) -> str:
     figures = "".join(
         f'<figure><img alt="{html.escape(e.name)}" src="{array_data_uri(e.thumbnail)}">'
         f'<figcaption>true: {html.escape(e.true_class)}<br>predicted: <span class="wrong">{html.escape(e.predicted_class)}'
-        f'</span> ({e.probability:.3f})<br><span class="name">{html.escape(e.name).replace("/", "/<wbr>")}</span></figcaption></figure>'
+        f'</span> ({e.probability:.3f})<br><span class="name">{html.escape(e.name).replace("/", "/<wbr>")}'
+        f'</span></figcaption></figure>'
         for e in errors)
     return legend + f'<div class="gallery">{figures}</div>'
 

@@ -40,7 +40,8 @@ def window_crop(image: np.ndarray, marker: np.ndarray, centre: Tuple[float, floa
                 size: int) -> Tuple[np.ndarray, np.ndarray]:
     """The window of side `window` around centre (row, col), resized to size x size: (uint8 RGB, uint8 0/1 marker)."""
     top, left = window_corner(centre, window)
-    return shrunk_window(crop_padded(image, top, left, window, PAD_RGB), crop_padded(marker.astype(np.uint8), top, left, window, 0), size)
+    return shrunk_window(crop_padded(image, top, left, window, PAD_RGB),
+                         crop_padded(marker.astype(np.uint8), top, left, window, 0), size)
 
 
 def shrunk_window(rgb: np.ndarray, marker: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:

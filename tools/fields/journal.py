@@ -76,7 +76,8 @@ class SlideJournal:
         saved = self.read_progress()
         if saved is not None and saved.fingerprint == self.progress.fingerprint and saved.blocks == self.progress.blocks:
             self.progress = saved
-            for path, length in ((self.folder / "cells.geojson", saved.geojson_bytes), (self.folder / "cells.csv", saved.csv_bytes)):
+            for path, length in ((self.folder / "cells.geojson", saved.geojson_bytes),
+                                 (self.folder / "cells.csv", saved.csv_bytes)):
                 if not saved.closed:  # once closed, the files may already have moved into place
                     with open(path, "r+b") as file:
                         file.truncate(length)  # drop a block cut off mid-write
@@ -111,7 +112,8 @@ class SlideJournal:
         assert block == self.progress.done, f"block {block} arrived while block {self.progress.done} was expected"
         first = self.progress.cells + 1
         numbered = list(enumerate(records, start=first))
-        features = "".join(("" if number == 1 else ",\n") + feature_json(record, self.name, number, self.class_names, self.colours)
+        features = "".join(("" if number == 1 else ",\n")
+                           + feature_json(record, self.name, number, self.class_names, self.colours)
                            for number, record in numbered)
         rows = "".join(csv_line([csv_row(record, self.name, number, self.class_names).get(c, "") for c in self.columns])
                        for number, record in numbered)

@@ -26,7 +26,8 @@ from scipy import ndimage
 
 from tools.fields.pseudo_masks import point_targets
 from tools.inputs import input_files
-from tools.layouts import IMAGE_EXTENSIONS, nucleus_owner, read_dat_polygon
+from tools.layouts.files import IMAGE_EXTENSIONS, read_dat_polygon
+from tools.layouts.sipakmed import nucleus_owner
 from tools.points import is_points_root, read_field_points
 from utils.errors import UserError
 from utils.preprocessing import (
@@ -38,7 +39,7 @@ from utils.preprocessing import (
 )
 
 FIELD_LAYOUTS = ("isbi2014", "sipakmed", "cric")
-# Matched on the file stem without regard to case, as tools.layouts matches its names
+# Matched on the file stem without regard to case, as tools/layouts/files.py matches its names
 ISBI_CELL_NAME = re.compile(r"^(?P<field>.+)_cell(?P<number>\d+)$", re.IGNORECASE)
 ISBI_NUCLEI_NAME = re.compile(r"^(?P<field>.+)_nuclei$", re.IGNORECASE)
 SIPAKMED_POLYGON_NAME = re.compile(r"^(?P<field>.+)_(?P<part>cyt|nuc)(?P<number>\d+)$", re.IGNORECASE)  # not CROPPED's NNN_MM_cyt
@@ -239,12 +240,14 @@ def read_fields(root: Path, layout: str = "auto", check: bool = True) -> Tuple[L
     if layout == "auto":
         layout = detect_field_layout(root)
         if layout is None:
-            raise UserError(f"{root}: no fields found (expected {EXPECTED_LAYOUTS}); point --data-root at the folder that holds them")
+            raise UserError(f"{root}: no fields found (expected {EXPECTED_LAYOUTS}); point --data-root at the folder "
+                            f"that holds them")
     if layout not in FIELD_READERS:
         raise UserError(f"unknown field layout {layout!r}; choose one of: auto, {', '.join(FIELD_LAYOUTS)}")
     records = sorted(FIELD_READERS[layout](root), key=lambda r: r.field_id)
     if not records:
-        raise UserError(f"{root}: the {layout} layout found no fields (expected {EXPECTED_LAYOUTS}); check --data-root and --layout")
+        raise UserError(f"{root}: the {layout} layout found no fields (expected {EXPECTED_LAYOUTS}); check --data-root "
+                        f"and --layout")
     if check:
         for record in records:
             # a point-marked field's targets are grown when it is prepared; its points were checked when read

@@ -9,7 +9,7 @@ What is not marked is not a squamous nucleus to the nucleus target: neutrophils,
 and the squamous cells the annotators left unmarked (at the border, unclear). The last are few; teaching the model
 to leave the first out is the point.
 """
-from typing import List, Sequence, Tuple
+from typing import List, Tuple
 
 import cv2
 import numpy as np

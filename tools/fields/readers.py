@@ -22,7 +22,7 @@ area) come back as the slide's background colour.
 import logging
 import threading
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -161,7 +161,8 @@ class TiffReader(SlideReader):
                 decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables, jpegheader=page.jpegheader)
                 chunk = decoded.reshape(decoded.shape[-3:])  # [h, w, samples]
                 y0, x0 = row * chunk_h, col * chunk_w
-                ys, xs = slice(max(top, y0), min(bottom, y0 + chunk.shape[0])), slice(max(left, x0), min(right, x0 + chunk.shape[1]))
+                ys = slice(max(top, y0), min(bottom, y0 + chunk.shape[0]))
+                xs = slice(max(left, x0), min(right, x0 + chunk.shape[1]))
                 out[ys.start - top:ys.stop - top, xs.start - left:xs.stop - left] = \
                     chunk[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
         return out[..., 0] if samples == 1 else out
@@ -238,3 +239,10 @@ def open_slide(path) -> SlideReader:
         except NotRegionReadable:
             pass
     return ImageReader(path)
+
+
+def open_field(path) -> Tuple[Callable[[int, int, int, int], np.ndarray], Tuple[int, int], Optional[np.ndarray]]:
+    """(read(top, left, bottom, right) -> uint8 RGB, (height, width), the whole image or None when read by regions),
+    from the reader that takes the file: slides and TIFFs by region, other images whole."""
+    reader = open_slide(path)
+    return reader.read, reader.shape, reader.image if isinstance(reader, ImageReader) else None

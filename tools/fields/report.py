@@ -81,7 +81,8 @@ def place(cell: Dict) -> str:
 
 def page(name: str, summary: Dict, thumb: np.ndarray, pictures, class_names, colours) -> str:
     call = summary["call"]
-    rows = [("input", html.escape(str(summary.get("input", name)))), ("size", f"{summary['shape'][1]} x {summary['shape'][0]} px"),
+    rows = [("input", html.escape(str(summary.get("input", name)))),
+            ("size", f"{summary['shape'][1]} x {summary['shape'][0]} px"),
             ("microns per pixel", summary["mpp"] if summary.get("mpp") else "unknown"),
             ("tissue screened", f"{summary['tissue']['share']:.1%} of the slide ({summary['blocks']} blocks)"),
             ("cells", summary["cells"])]

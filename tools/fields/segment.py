@@ -12,27 +12,19 @@ the halo. In a block:
      touching nuclei);
   3. the instance model predicts each nucleus's whole cell in a window around it: overlapping cells each
      keep their whole outline.
-The two models run by ONNX Runtime (the CPU's default: fields.onnx and instances.onnx, exported once per
-checkpoint into the run's outputs/onnx) or by PyTorch (CUDA, --backend torch): load_field_models.
+The two models and how they are loaded (ONNX Runtime or PyTorch): tools/fields/models.py.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
 from tools.fields.geometry import crop_padded, shrunk_window, window_corner, window_input
-from tools.inference import (
-    Backend,
-    CellPipeline,
-    batched,
-    onnx_backend,
-    resolve_backend,
-    sigmoid,
-)
-from tools.layouts import CLUSTER_CROP_MARGIN
-from utils.errors import UserError
+from tools.fields.models import FieldModels
+from tools.inference import CellPipeline, batched, sigmoid
+from tools.layouts.sipakmed import CLUSTER_CROP_MARGIN
 from utils.preprocessing import PAD_RGB, fill_holes, largest_component, normalize_image
 
 # Nucleus instances, relative to the run's median nucleus (its diameter at the model scale: FieldModels.nucleus_px).
@@ -40,8 +32,6 @@ from utils.preprocessing import PAD_RGB, fill_holes, largest_component, normaliz
 # its held-out ones, synthetic 0.97 -> 1.00): the looser values of before cut elongated nuclei in two and kept debris.
 NUCLEUS_THRESHOLD = 0.7  # nucleus probability: at 0.5 the field model's nuclei are ~20% larger than the annotated ones
 MIN_NUCLEUS_SHARE = 0.32  # blobs under this share of the median nucleus's area are debris or inflammatory-cell fragments
-# Runs from before nucleus_px was recorded were trained with nuclei about this size (fields.data.NUCLEUS_TARGET_PX then)
-UNRECORDED_NUCLEUS_PX = 16.0
 # A block's nucleus probabilities reach this many median nucleus diameters beyond its core: a nucleus whose centre lies
 # in the core comes out whole up to 6 median diameters across (dysplastic nuclei reach 3-4), and the halo beyond it,
 # which only the cell windows read, costs no field-model time
@@ -51,21 +41,6 @@ NUCLEUS_MARGIN = 3
 # found fewer nuclei of the test field (edf07 F1 0.954 at 256, 0.892 at 384, 0.896 at 512) and took longer on
 # 1024 px fields: the training side it is
 INFERENCE_TILE_PX = 256
-
-
-@dataclass
-class FieldModels:
-    """The two stage-1 field models and how they see a field (from their checkpoints' args)."""
-
-    field: Backend  # [B, 3, T, T] -> [B, 2, T, T] logits: foreground, nuclei
-    instances: Backend  # [B, 4, S, S] -> [B, 2, S, S] logits: the marked nucleus's cell, that nucleus
-    scale: float  # field pixels -> model pixels
-    tile: int  # T, the side of the training tiles
-    window: int  # side of a cell's window at the model scale
-    instance_size: int  # S
-    nucleus_px: float  # the median training nucleus's diameter at the model scale
-    batch_size: int = 8
-    mpp: Optional[float] = None  # microns per pixel of the training fields (train_fields.py --mpp), when known
 
 
 @dataclass
@@ -210,7 +185,8 @@ def cell_windows(image: np.ndarray, labels: np.ndarray, nuclei: Sequence[Tuple[i
             yield label, corner, marker, back[0], back[1]
 
 
-def window_cell(cell_prob: np.ndarray, nuc_prob: np.ndarray, nucleus: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
+def window_cell(cell_prob: np.ndarray, nuc_prob: np.ndarray,
+                nucleus: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray, float]]:
     """(cell mask, nucleus mask, score) in a window: the cell's component that holds its nucleus, solid.
 
     The nucleus returned is the field model's (`nucleus`, the marker): the instance model's nucleus head only helps
@@ -252,7 +228,8 @@ def segment_field(read: Callable[[int, int, int, int], np.ndarray], shape: Tuple
     cells = []
     for top in block_origins(shape[0], block):
         for left in block_origins(shape[1], block):
-            region = (max(top - halo, 0), max(left - halo, 0), min(top + block + halo, shape[0]), min(left + block + halo, shape[1]))
+            region = (max(top - halo, 0), max(left - halo, 0),
+                      min(top + block + halo, shape[0]), min(left + block + halo, shape[1]))
             core = (top, left, min(top + block, shape[0]), min(left + block, shape[1]))
             cells += segment_block(read(*region), region, core, models)
     return cells if keep_edge_cells else [cell for cell in cells if not nucleus_on_edge(cell, shape)]
@@ -375,84 +352,3 @@ def classify_cells(read: Callable, shape: Tuple[int, int], cells: List[FieldCell
         predictions = pipeline.predict([image for image, _, _ in crops], [(cell, nuc) for _, cell, nuc in crops])
         for cell, prediction in zip(chunk, predictions):
             cell.probs = prediction.probs
-
-
-# ---------------------------------------------------------------- reading fields and models
-
-def open_field(path) -> Tuple[Callable[[int, int, int, int], np.ndarray], Tuple[int, int], Optional[np.ndarray]]:
-    """(read(top, left, bottom, right) -> uint8 RGB, (height, width), the whole image or None when read by regions),
-    from the reader that takes the file (tools/fields/readers.py): slides and TIFFs by region, other images whole."""
-    from tools.fields.readers import ImageReader, open_slide
-
-    reader = open_slide(path)
-    return reader.read, reader.shape, reader.image if isinstance(reader, ImageReader) else None
-
-
-def torch_field_models(fields_checkpoint, instances_checkpoint, device, batch_size: int = 8) -> FieldModels:
-    """The two field models from their checkpoints (train_fields.py), run by PyTorch on `device`."""
-    from tools.checkpoint import load_model
-    from tools.inference import TorchBackend
-
-    field_model, field_state = load_model(fields_checkpoint, "fields", device)
-    instance_model, instance_state = load_model(instances_checkpoint, "instances", device)
-    return field_models(TorchBackend(field_model, device), TorchBackend(instance_model, device),
-                        int(field_state["args"]["tile_size"]), instance_state["args"], batch_size)
-
-
-def onnx_field_models(onnx_dir, fields_checkpoint, instances_checkpoint, threads: Optional[int] = None,
-                      batch_size: int = 8, precision: str = "fp32") -> FieldModels:
-    """The two field models run by ONNX Runtime from <onnx_dir>/{fields,instances}.onnx (exported once per checkpoint);
-    their metadata carry the checkpoints' args, read as torch_field_models reads them.
-
-    precision 'int8': from <onnx_dir>/{fields,instances}.int8.onnx, quantised once per checkpoint on inputs cut from
-    the run's training fields (tools/fields/data.calibration_batches); float32, with a note, where those fields are
-    not to be found."""
-    checkpoints = {"fields": fields_checkpoint, "instances": instances_checkpoint}
-    backends = {}
-    for stage, checkpoint in checkpoints.items():
-        calibration = (lambda stage=stage, checkpoint=checkpoint: calibration_inputs(checkpoint, stage)) \
-            if precision == "int8" else None
-        try:
-            backends[stage] = onnx_backend(onnx_dir, stage, checkpoint, threads, calibration)
-        except CalibrationUnavailable as error:
-            print(f"note: {error}: the {stage} model runs in float32, not int8")
-            backends[stage] = onnx_backend(onnx_dir, stage, checkpoint, threads)
-    field, instances = backends["fields"], backends["instances"]
-    return field_models(field, instances, int(field.metadata["tile_size"]), instances.metadata, batch_size)
-
-
-class CalibrationUnavailable(UserError):
-    """The run's training fields are not where its checkpoint says: the field models stay in float32."""
-
-
-def calibration_inputs(checkpoint, stage: str):
-    """tools/fields/data.calibration_batches, imported only when a model is quantised (it needs torch)."""
-    from tools.fields.data import calibration_batches
-
-    return calibration_batches(checkpoint, stage)
-
-
-def field_models(field: Backend, instances: Backend, tile: int, settings: Mapping, batch_size: int) -> FieldModels:
-    """FieldModels with train_fields.py's args as the instance checkpoint holds them (its ONNX metadata: as strings)."""
-    mpp = settings.get("mpp")
-    return FieldModels(field, instances, float(settings["field_scale"]), tile, int(settings["cell_window"]),
-                       int(settings["instance_size"]), float(settings.get("nucleus_px", UNRECORDED_NUCLEUS_PX)),
-                       batch_size, float(mpp) if mpp not in (None, "", "None") else None)
-
-
-def load_field_models(fields_checkpoint, instances_checkpoint, onnx_dir, backend: str = "auto", device_name: str = "auto",
-                      threads: Optional[int] = None, batch_size: int = 8, precision: str = "fp32") -> FieldModels:
-    """The two field models, run by ONNX Runtime or PyTorch as tools/inference.load_pipeline chooses for the cells.
-
-    Args:
-        onnx_dir: where the exported files are kept (the run's outputs/onnx).
-        backend: 'onnx', 'torch', or 'auto' (tools/inference.resolve_backend).
-        device_name: PyTorch's device (auto, cpu, cuda, cuda:N).
-        threads: ONNX Runtime threads (default: the cores this process may use).
-        precision: 'fp32', or 'int8' (ONNX Runtime only: onnx_field_models).
-    """
-    if resolve_backend(backend, device_name) == "onnx":
-        return onnx_field_models(onnx_dir, fields_checkpoint, instances_checkpoint, threads, batch_size, precision)
-    from tools.acceleration import resolve_device
-
-    return torch_field_models(fields_checkpoint, instances_checkpoint, resolve_device(device_name), batch_size)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from tools.layouts import normal_class_names
+from tools.layouts.cells import normal_class_names
 
 
 @dataclass(frozen=True)
