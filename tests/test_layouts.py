@@ -8,6 +8,7 @@ import cv2
 import hostile
 import numpy as np
 import pytest
+from cric_data import FIELDS, make_cric_root
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -18,10 +19,13 @@ from tools.layouts import (
     LAYOUTS,
     CellRecord,
     detect_layout,
+    normal_class_names,
     read_dat_polygon,
     read_records,
 )
 from tools.inputs import mark_output_dir
+from tools.points import BETHESDA_CLASSES, centred_box
+from tools.splits import assign_splits
 from utils.errors import UserError
 
 # ---------------------------------------------------------------- .dat polygons
@@ -488,3 +492,36 @@ def test_generated_polygon_files_give_a_plausible_cell_or_one_line(cyt_text, nuc
             return
         for sample in samples:
             assert_a_plausible_cell(sample)
+
+
+# ---------------------------------------------------------------- cric
+
+def test_cric_cells_one_window_per_point_grouped_by_field(tmp_path):
+    root = make_cric_root(tmp_path / "cric")
+    assert detect_layout(root) == "cric"
+    records, layout = read_records(root)
+    assert layout == "cric" and len(records) == sum(len(cells) for _, cells in FIELDS.values())
+    by_id = {r.sample_id: r for r in records}
+    cell = by_id["a/1"]  # NILM at (40, 40) of a 160 x 120 field, window 128: shifted right and down to stay inside
+    assert (cell.label, cell.group, cell.crop_box, cell.image_path) == ("NILM", "a", (0, 0, 128, 120), root / "a.png")
+    assert by_id["c/6"].crop_box == (0, 6, 128, 134)  # HSIL at (60, 70) of 200 x 150: inside on y, shifted on x
+    assert by_id["c/7"].crop_box == (72, 0, 200, 128)  # at the right border: ends at the image's edge
+    assert by_id["c/7"].load_image().shape == (128, 128, 3)
+    assert by_id["a/1"].load_image().shape == (120, 128, 3)  # a field lower than the window: its whole height
+    assert not cell.has_masks and {r.group for r in records} == {"a", "b", "c", "d"}
+
+
+def test_cric_window_centred_where_the_image_allows():
+    assert centred_box((500, 400), (1376, 1020), 128) == (436, 336, 564, 464)
+    assert centred_box((1370, 1015), (1376, 1020), 128) == (1248, 892, 1376, 1020)
+    assert centred_box((3, 500), (1376, 1020), 90) == (0, 455, 90, 545)
+
+
+def test_cric_split_keeps_each_field_in_one_split(tmp_path):
+    records, _ = read_records(make_cric_root(tmp_path / "cric"))
+    split_of_group = assign_splits(records, (0.5, 0.25, 0.25), seed=0)
+    assert set(split_of_group) == {"a", "b", "c", "d"}
+
+
+def test_nilm_is_the_normal_bethesda_class():
+    assert normal_class_names(sorted(BETHESDA_CLASSES)) == ["NILM"]

@@ -6,6 +6,9 @@ Layouts:
             NNN_MM_cyt.dat / NNN_MM_nuc.dat. Cells of one cluster image share a group.
   paired    <class>/<n>.<ext> with masks <n>N.png (nucleus) and <n>C.png (cytoplasm), as Herlev.
   labels    <class>/*.png|jpg|bmp|tif without masks: classification only, masks come from stage 1.
+  cric      field images with CRIC's classifications.csv (tools/points.py): one cell per annotated nucleus, a
+            square window around it (tools/points.CELL_WINDOW_PX), its short Bethesda class; no masks (they come
+            from stage 1, as for labels). Cells of one field share a group.
 
 File names are matched without regard to case (10N.PNG is 10's nucleus mask). Folders are listed by
 tools/inputs.py: each file once, and never hidden files and folders (.DS_Store, macOS ._* and __MACOSX/)
@@ -24,10 +27,11 @@ import numpy as np
 
 from tools.config import unknown_name
 from tools.inputs import check_not_output, folder_entries, input_files
+from tools.points import CELL_WINDOW_PX, NORMAL_CLASS, centred_box, is_points_root, read_field_points
 from utils.errors import UserError
 from utils.preprocessing import read_image
 
-LAYOUTS = ("sipakmed", "paired", "labels")
+LAYOUTS = ("sipakmed", "paired", "labels", "cric")
 DEFAULT_MASK_SUFFIXES = ("N.png", "C.png")  # the paired layout's nucleus and cytoplasm masks: <n>N.png, <n>C.png
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_COORDINATE = 1e6  # px; a polygon point further out belongs to no image
@@ -304,6 +308,18 @@ def read_labels_only(root: Path, mask_suffixes: Sequence[str] = DEFAULT_MASK_SUF
     return records
 
 
+def read_cric_cells(root: Path, window_px: int = CELL_WINDOW_PX) -> List[CellRecord]:
+    """One record per annotated point of a CRIC root: the window_px square centred on the nucleus (shifted inside
+    the image at its border), labelled with the short Bethesda name, grouped by field (no field in two splits)."""
+    records = []
+    for field_points in read_field_points(root):
+        for cell_id, point, label in zip(field_points.cell_ids, field_points.points, field_points.labels):
+            records.append(CellRecord(sample_id=f"{field_points.field_id}/{cell_id}", image_path=field_points.image_path,
+                                      label=label, group=field_points.field_id,
+                                      crop_box=centred_box(point, field_points.size, window_px)))
+    return records
+
+
 # ---------------------------------------------------------------- any layout
 
 def suffixes_beside_images(root: Path) -> List[str]:
@@ -335,6 +351,8 @@ def has_boundary_files(folder: Path) -> bool:
 
 def detect_layout(root: Path, nuc_suffix: str = "N.png") -> str:
     """Name the layout of a data root from what its class folders hold."""
+    if is_points_root(root):
+        return "cric"
     folders = class_folders(root)
     if any((sipakmed_inner_folder(f) / "CROPPED").is_dir() or has_boundary_files(sipakmed_inner_folder(f)) for f in folders):
         return "sipakmed"
@@ -346,7 +364,7 @@ def detect_layout(root: Path, nuc_suffix: str = "N.png") -> str:
     raise UserError(
         f"{root}: no known data layout found (expected one of: sipakmed: im_<Class>/im_<Class>/*.bmp with "
         f"*_cytNN.dat, or CROPPED/*_cyt.dat; paired: <class>/<n>.bmp with <n>N.png and <n>C.png; "
-        f"labels: <class>/*.png|jpg|bmp|tif); point --data-root at the folder that holds the class folders"
+        f"labels: <class>/*.png|jpg|bmp|tif; cric: field images with classifications.csv); point --data-root at the folder that holds the class folders"
     )
 
 
@@ -369,11 +387,13 @@ def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropp
         records = read_paired(root, nuc_suffix, cyt_suffix, skip_bad)
     elif layout == "labels":
         records = read_labels_only(root, (nuc_suffix, cyt_suffix))
+    elif layout == "cric":
+        records = read_cric_cells(root)
     else:
         raise UserError(f"unknown layout {layout!r}; choose one of: auto, {', '.join(LAYOUTS)}")
     if not records:
         raise UserError(f"{root}: the {layout} layout found no cells (sipakmed source: {sipakmed_source}); check --data-root and --layout")
-    empty = [f.name for f in class_folders(root) if not any(r.label == f.name for r in records)]
+    empty = [] if layout == "cric" else [f.name for f in class_folders(root) if not any(r.label == f.name for r in records)]
     if empty:
         raise UserError(f"{root}: class folder(s) {', '.join(empty)} hold no usable images; add images or remove the folder")
     records = sorted(records, key=lambda r: r.sample_id)
@@ -389,7 +409,8 @@ def check_each_cell_once(records: Sequence[CellRecord]) -> None:
     for record in records:
         if record.problem is not None:
             continue  # left out anyway; a bad cluster image's cells all share its path and no crop box
-        cell = record.polygon_files[0].name if record.crop_box is not None else None  # cells of one cluster image
+        # cells of one cluster image (its polygon file), or of one CRIC field (its cell id: two windows may coincide)
+        cell = (record.polygon_files[0].name if record.polygon_files else record.sample_id) if record.crop_box is not None else None
         other = seen.setdefault((os.path.realpath(record.image_path), record.crop_box, cell), record)
         if other is not record:
             classes = f" of classes {other.label} and {record.label}" if other.label != record.label else ""
@@ -397,12 +418,14 @@ def check_each_cell_once(records: Sequence[CellRecord]) -> None:
                             f"its folder), so it would count as two cells{classes}; remove the link")
 
 
-# SIPaKMeD's normal cells; Herlev's are the classes named normal_*
+# SIPaKMeD's normal cells and Bethesda's NILM; Herlev's are the classes named normal_*
 SIPAKMED_NORMAL = ("im_Superficial-Intermediate", "im_Parabasal", "im_Metaplastic")
+KNOWN_NORMAL = (*SIPAKMED_NORMAL, NORMAL_CLASS)
 
 
 def normal_class_names(class_names: Sequence[str], chosen: Optional[Sequence[str]] = None) -> List[str]:
-    """The normal classes for the normal-vs-abnormal metrics: `chosen`, else normal_* and SIPaKMeD's normal classes."""
+    """The normal classes for the normal-vs-abnormal metrics: `chosen`, else normal_*, SIPaKMeD's normal classes and
+    NILM."""
     if chosen is not None:
         return list(chosen)
-    return [c for c in class_names if c.lower().startswith("normal") or c in SIPAKMED_NORMAL]
+    return [c for c in class_names if c.lower().startswith("normal") or c in KNOWN_NORMAL]

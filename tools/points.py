@@ -175,3 +175,31 @@ def fields_of(root: Path, checked: Sequence[tuple], sizes: Dict[Path, Tuple[int,
             points=np.array([point for _, _, point, _, _ in rows], dtype=np.float32).reshape(-1, 2),
             labels=tuple(label for _, _, _, label, _ in rows), size=tuple(sizes[image_path])))
     return sorted(fields, key=lambda f: f.field_id)
+
+
+# ---------------------------------------------------------------- cells at the points
+
+# Side of the square window cut around each point for the classifier, in the CSV's pixels: at CRIC's scale
+# (about 0.2 um/px at 1376 px wide) it holds a whole intermediate squamous cell with some of its neighbours
+CELL_WINDOW_PX = 128
+
+
+def centred_box(point, size: Tuple[int, int], window_px: int = CELL_WINDOW_PX) -> Tuple[int, int, int, int]:
+    """The window_px square centred on point, shifted inside the image where it would cross its border.
+
+    Args:
+        point: x, y in image pixels.
+        size: the image's (width, height).
+        window_px: the square's side; an image smaller than it gives its whole extent along that side.
+
+    Returns:
+        x0, y0, x1, y1 (exclusive) inside the image.
+    """
+    box = []
+    for centre, extent in zip(point, size):
+        side = min(window_px, extent)
+        start = int(round(float(centre) - side / 2))
+        box.append(min(max(start, 0), extent - side))
+        box.append(box[-1] + side)
+    x0, x1, y0, y1 = box
+    return x0, y0, x1, y1
