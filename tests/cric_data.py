@@ -51,3 +51,18 @@ def make_cric_root(root: Path, fields=FIELDS) -> Path:
         write_field(root / name, size, [(x, y) for _, _, x, y in cells])
     write_csv(root / "classifications.csv", csv_rows(fields))
     return root
+
+
+def grid_fields(count: int, classes=("NILM", "LSIL", "HSIL"), cells_per_field: int = 4, seed: int = 0):
+    """`count` 160 x 120 fields of cells_per_field cells each at jittered grid points; field k's cells are NILM but
+    one of classes[k % len(classes)] (a NILM field when that is NILM). Returns a FIELDS-like dict."""
+    rng = np.random.default_rng(seed)
+    fields, cell_id = {}, 0
+    for k in range(count):
+        cells = []
+        for i in range(cells_per_field):
+            x, y = 25 + 40 * i + int(rng.integers(-4, 5)), 40 + 40 * (i % 2) + int(rng.integers(-4, 5))
+            cell_id += 1
+            cells.append((str(cell_id), classes[k % len(classes)] if i == 0 else "NILM", x, y))
+        fields[f"f{k:02d}.png"] = ((160, 120), cells)
+    return fields

@@ -19,6 +19,7 @@ from sklearn.metrics import (
 from tools.metrics import (
     HERLEV_GRADE_ORDER,
     SegmentationMeter,
+    bethesda_metrics,
     binary_metrics,
     classification_metrics,
     default_class_order,
@@ -26,7 +27,9 @@ from tools.metrics import (
     grade_metrics,
     most_confused_pairs,
     overlap_scores,
+    sensitivity_at_specificity,
 )
+from tools.points import BETHESDA_CLASSES
 
 CLASS_NAMES = [
     "superficial", "intermediate", "columnar",
@@ -294,7 +297,30 @@ def test_binary_metrics_hand_built():
         assert result["f1"] == pytest.approx(2 / 3)
         # Abnormal scores 0.8, 0.8, 0.3 vs normal 0.2, 0.6, 0.1: 8 of 9 pairs ordered.
         assert result["roc_auc"] == pytest.approx(8 / 9)
+        # No normal cell may score abnormal at 90 % specificity of 3: above 0.6, 2 of the 3 abnormal cells
+        assert result["sensitivity_at_90_specificity"] == result["sensitivity_at_95_specificity"] == pytest.approx(2 / 3)
         assert json.loads(json.dumps(result)) == result
+
+
+def test_sensitivity_at_specificity_on_a_hand_example():
+    negatives, positives = np.arange(1, 21, dtype=float), np.array([25, 19.5, 18.5, 5])
+    is_positive = np.r_[np.zeros(20, bool), np.ones(4, bool)]
+    scores = np.r_[negatives, positives]
+    # >= 19.5 calls one negative (20) of 20: specificity 0.95, sensitivity 2/4; >= 18.5 calls 19 and 20: 0.90, 3/4
+    assert sensitivity_at_specificity(is_positive, scores, 0.95) == pytest.approx(0.5)
+    assert sensitivity_at_specificity(is_positive, scores, 0.90) == pytest.approx(0.75)
+    assert sensitivity_at_specificity(is_positive, scores, 1.0) == pytest.approx(0.25)  # only 25 is above every negative
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sensitivity_at_specificity_matches_every_threshold_tried(seed):
+    rng = np.random.default_rng(seed)
+    is_positive = rng.random(200) < 0.3
+    scores = np.round(rng.random(200) + 0.4 * is_positive, 2)  # ties on purpose
+    for level in (0.9, 0.95):
+        best = max((np.mean(scores[is_positive] >= t) for t in np.unique(scores)
+                    if np.mean(scores[~is_positive] < t) >= level), default=0.0)
+        assert sensitivity_at_specificity(is_positive, scores, level) == pytest.approx(best)
 
 
 # ---------------------------------------------------------------------------
@@ -323,6 +349,46 @@ def test_grade_metrics_on_a_hand_example():
     expected = cohen_kappa_score([0, 0, 1, 2, 2, 1], [0, 1, 1, 0, 2, 2], weights="quadratic")
     assert result["quadratic_weighted_kappa"] == pytest.approx(expected)
     assert json.loads(json.dumps(result)) == result
+
+
+def test_bethesda_metrics_in_six_classes_three_grades_and_two():
+    names = sorted(BETHESDA_CLASSES)  # the classifier's order: ASC-H, ASC-US, HSIL, LSIL, NILM, SCC
+    assert default_class_order(names) == list(BETHESDA_CLASSES)
+    rank = {name: BETHESDA_CLASSES.index(name) for name in names}
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.arange(6), rng.integers(0, 6, 60)]
+    probs = rng.dirichlet(np.ones(6), size=labels.size)
+    probs[np.arange(labels.size), labels] += rng.random(labels.size)  # better than chance
+    probs /= probs.sum(axis=1, keepdims=True)
+    result = bethesda_metrics(labels, probs, names)
+
+    six = result["six_classes"]
+    assert six["accuracy"] == pytest.approx(accuracy_score(labels, probs.argmax(axis=1)))
+    true_ranks, pred_ranks = [rank[names[k]] for k in labels], [rank[names[k]] for k in probs.argmax(axis=1)]
+    assert six["quadratic_weighted_kappa"] == pytest.approx(cohen_kappa_score(true_ranks, pred_ranks, weights="quadratic"))
+    assert six["grade_order"] == list(BETHESDA_CLASSES)
+
+    grade = {"NILM": 0, "ASC-US": 1, "LSIL": 1, "ASC-H": 2, "HSIL": 2, "SCC": 2}
+    members = [[k for k, name in enumerate(names) if grade[name] == g] for g in range(3)]
+    grade_probs = np.stack([probs[:, m].sum(axis=1) for m in members], axis=1)
+    true_grades = np.array([grade[names[k]] for k in labels])
+    three = result["three_grades"]
+    assert three["class_names"] == ["NILM", "low", "high"]
+    assert three["accuracy"] == pytest.approx(accuracy_score(true_grades, grade_probs.argmax(axis=1)))
+    assert three["macro_f1"] == pytest.approx(f1_score(true_grades, grade_probs.argmax(axis=1), average="macro"))
+    assert three["quadratic_weighted_kappa"] == pytest.approx(
+        cohen_kappa_score(true_grades, grade_probs.argmax(axis=1), weights="quadratic"))
+
+    two = result["nilm_vs_abnormal"]
+    is_abnormal = labels != names.index("NILM")
+    assert two["roc_auc"] == pytest.approx(roc_auc_score(is_abnormal, 1 - probs[:, names.index("NILM")]))
+    assert 0 <= two["sensitivity_at_95_specificity"] <= two["sensitivity_at_90_specificity"] <= 1
+    assert json.loads(json.dumps(result)) == result
+
+
+def test_bethesda_metrics_refuse_other_classes():
+    with pytest.raises(ValueError, match="not Bethesda"):
+        bethesda_metrics([0, 1], np.eye(2), ["normal_a", "LSIL"])
 
 
 @pytest.mark.parametrize("seed", range(3))
