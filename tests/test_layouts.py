@@ -1,4 +1,5 @@
 """Behaviour of tools/layouts.py: .dat polygons, the three layouts, groups, crops and their errors."""
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -525,3 +526,14 @@ def test_cric_split_keeps_each_field_in_one_split(tmp_path):
 
 def test_nilm_is_the_normal_bethesda_class():
     assert normal_class_names(sorted(BETHESDA_CLASSES)) == ["NILM"]
+
+
+def test_cells_of_one_field_share_its_decoding_but_see_a_changed_file(tmp_path):
+    root = make_cric_root(tmp_path / "cric")
+    records = [r for r in read_records(root)[0] if r.group == "a"]
+    first = records[0].load_image()
+    first[:] = 0  # a crop is the caller's own copy: the field kept for the next cells is untouched
+    assert records[0].load_image().any()
+    cv2.imwrite(str(root / "a.png"), np.zeros((120, 160, 3), np.uint8))
+    os.utime(root / "a.png", ns=(1, 1))  # another stamp, even where the clock is coarse
+    assert not records[1].load_image().any()
