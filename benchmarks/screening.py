@@ -83,8 +83,8 @@ def manifest_path(args: argparse.Namespace) -> Path:
                     f"root first, pass --split-file, or --split all to score every field")
 
 
-def fields_of_split(fields: Sequence[FieldPoints], manifest: Path, split: str) -> List[FieldPoints]:
-    """The fields whose samples the manifest puts in `split` (a sample is a field, or a cell grouped by its field)."""
+def split_of_fields(fields: Sequence[FieldPoints], manifest: Path) -> Dict[str, str]:
+    """field_id -> split, from a manifest whose samples are fields, or cells grouped by their field."""
     try:
         samples = json.loads(manifest.read_text())["samples"]
         split_of = {key: s["split"] for s in samples for key in (s["group"], s["id"])}
@@ -94,7 +94,26 @@ def fields_of_split(fields: Sequence[FieldPoints], manifest: Path, split: str) -
     if unknown:
         raise UserError(f"{manifest}: field {unknown[0]} ({len(unknown)} in all) is in no split, so the manifest is not "
                         f"of this root; pass the run's --split-file, or --split all")
+    return {f.field_id: split_of[f.field_id] for f in fields}
+
+
+def fields_of_split(fields: Sequence[FieldPoints], manifest: Path, split: str) -> List[FieldPoints]:
+    """The fields the manifest puts in `split`."""
+    split_of = split_of_fields(fields, manifest)
     return [f for f in fields if split_of[f.field_id] == split]
+
+
+def check_models_agree(args: argparse.Namespace, fields: Sequence[FieldPoints], chosen: Sequence[FieldPoints]) -> None:
+    """Say so when the field models trained on a manifest that puts some of the chosen fields in another split: the
+    numbers on those fields are optimistic (the cells' and the fields' manifests are made apart unless given one)."""
+    fields_manifest = RunPaths(args.run_dir).manifest(args.data_root, "fields")
+    if args.split_file is not None or not fields_manifest.is_file():
+        return
+    split_of = split_of_fields(fields, fields_manifest)
+    elsewhere = [f.field_id for f in chosen if split_of[f.field_id] != args.split]
+    if elsewhere:
+        print(f"note: {fields_manifest} puts {len(elsewhere)} of these {len(chosen)} {args.split} fields in another split "
+              f"(e.g. {elsewhere[0]}): the field models may have trained on them")
 
 
 def predicted_cells(fields: Sequence[FieldPoints], folder: Path) -> Dict[str, PredictedCells]:
@@ -152,7 +171,9 @@ def main(argv=None) -> None:
     args = get_args(argv)
     fields = read_field_points(args.data_root)  # every check of the CSV before any work
     if args.split != "all":
-        fields = fields_of_split(fields, manifest_path(args), args.split)
+        chosen = fields_of_split(fields, manifest_path(args), args.split)
+        check_models_agree(args, fields, chosen)
+        fields = chosen
     if not fields:
         raise UserError(f"{args.data_root}: no field in the {args.split} split; choose another --split")
     args.work_dir.mkdir(parents=True, exist_ok=True)

@@ -80,3 +80,13 @@ def test_the_slide_holds_every_field(cric_root):
     fields = read_field_points(cric_root)
     side = screening.slide_side(fields)
     assert side % 16 == 0 and side >= 2 * (200 + 64)  # 4 fields: a 2 x 2 grid of the largest field and its gap
+
+
+def test_a_field_models_manifest_of_other_splits_is_said(cric_root, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    write_manifest(RunPaths(run_dir).manifest(cric_root), {"a": "train", "b": "val", "c": "test", "d": "test"})
+    write_manifest(RunPaths(run_dir).manifest(cric_root, "fields"), {"a": "test", "b": "val", "c": "test", "d": "train"})
+    args = screening.get_args(["--data-root", str(cric_root), "--run-dir", str(run_dir)])
+    fields = read_field_points(cric_root)
+    screening.check_models_agree(args, fields, screening.fields_of_split(fields, screening.manifest_path(args), "test"))
+    assert "puts 1 of these 2 test fields in another split (e.g. d)" in capsys.readouterr().out
