@@ -66,6 +66,7 @@ def edited(root, change):
                                                       r"class 'LSIL-ish'; did you mean LSIL\?"),
     (lambda rows: rows[2].__setitem__(1, "missing.png"), r"classifications.csv:4 .*image 'missing.png' does not exist.*"
                                                          r"add the image or remove its rows"),
+    (lambda rows: rows[0].__setitem__(1, "../a.png"), r"classifications.csv:2 .*image '../a.png' lies outside"),
     (lambda rows: rows[0].__setitem__(5, "12,5"), r"classifications.csv:2 .*nucleus_x '12,5' is not a number"),
     (lambda rows: rows[0].__setitem__(6, "nan"), r"nucleus_y 'nan' is not a number"),
     (lambda rows: rows[0].__setitem__(6, ""), r"nucleus_y '' is not a number"),
@@ -100,3 +101,15 @@ def test_an_unreadable_image_is_named(editable_root):
     (editable_root / "b.png").write_bytes(b"not an image")
     with pytest.raises(UserError, match=r"b.png: cannot read this image"):
         read_field_points(editable_root)
+
+
+def test_an_image_in_a_sub_folder_keeps_its_path_as_field_id(editable_root):
+    (editable_root / "sub").mkdir()
+    (editable_root / "a.png").rename(editable_root / "sub" / "a.png")
+    rows = csv_rows()
+    for row in rows:
+        row[1] = "sub/a.png" if row[1] == "a.png" else row[1]
+    write_csv(editable_root / "classifications.csv", rows)
+    fields = read_field_points(editable_root)
+    assert [f.field_id for f in fields] == ["b", "c", "d", "sub/a"]
+    assert fields[-1].image_path == editable_root / "sub" / "a.png"

@@ -102,6 +102,8 @@ def read_rows(csv_path: Path) -> List[Tuple[int, Dict[str, str]]]:
 
 
 def resolved_image(root: Path, name: str, where: str) -> Path:
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise UserError(f"{where}: image {name!r} lies outside {root}; name the image by its path inside the root")
     path = root / name
     if not name or not path.is_file():
         near = sorted(p.name for p in root.iterdir() if p.is_file() and p.name != POINTS_CSV)
