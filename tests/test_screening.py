@@ -124,3 +124,15 @@ def test_slide_cells_are_moved_back_into_their_fields(tmp_path):
     assert cells_of["a"].centres.tolist() == [[50, 50]] and cells_of["b"].centres.tolist() == [[10, 20]]
     metrics, _ = score_fields([a, b], cells_of)
     assert metrics["detection"]["detection_recall"] == 1.0 and metrics["detection"]["predicted_cells"] == 2
+
+
+def test_a_field_without_predicted_cells_scores_zero_and_misses(tmp_path):
+    a = field("a", [[50, 50]], ["HSIL"])
+    b = field("b", [[50, 50]], ["NILM"])
+    c = field("c", [[50, 50]], ["LSIL"])
+    cells_of = {"a": cells(tmp_path, "a", []), "b": cells(tmp_path, "b", [feature(50, 50, probs=nilm(0.6))]),
+                "c": cells(tmp_path, "c", [feature(50, 50, probs=nilm(0.1))])}
+    metrics, results = score_fields([a, b, c], cells_of)
+    assert results[0].field_score() == 0.0 and not results[0].top_k_hit()
+    # abnormal fields score 0 (a) and 0.9 (c), the normal one 0.4: 1 of 2 pairs ordered
+    assert metrics["fields"]["field_auc"] == pytest.approx(0.5) and metrics["fields"]["top10_hit_rate"] == pytest.approx(0.5)

@@ -148,7 +148,8 @@ def score_field(field: FieldPoints, cells: PredictedCells, radius: float = MATCH
     if cells.probs is not None:
         probs = np.full((len(matched), cells.probs.shape[1]), np.nan)
         probs[matched >= 0] = cells.probs[matched[matched >= 0]]
-    return FieldResult(field.field_id, field.labels, matched, len(cells), abnormal_scores(cells), probs)
+    scores = abnormal_scores(cells) if len(cells) else np.zeros(0)  # a field without cells scores 0, classified or not
+    return FieldResult(field.field_id, field.labels, matched, len(cells), scores, probs)
 
 
 def binary_scores(is_positive: np.ndarray, scores: np.ndarray) -> Dict:
@@ -188,7 +189,7 @@ def cell_summary(results: Sequence[FieldResult], class_names: Sequence[str]) -> 
 
 
 def field_summary(results: Sequence[FieldResult]) -> Dict:
-    if not results or results[0].scores is None:
+    if not results or any(r.scores is None for r in results):  # not classified
         return {}
     is_abnormal = np.array([r.abnormal for r in results])
     hits = [r.top_k_hit() for r in results if r.abnormal]
