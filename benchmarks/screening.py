@@ -193,6 +193,11 @@ def main(argv=None) -> None:
     print(markdown(rows))
     recall = results["fields_alone"]["detection"]["recall_per_class"]
     print("\nrecall per class (fields alone): " + ", ".join(f"{name} {value:.3f}" for name, value in recall.items()))
+    binary = results["fields_alone"]["cells"].get("nilm_vs_abnormal", {})
+    if binary.get("threshold_at_95_specificity") is not None:
+        print(f"abnormal score (1 - P(normal)) thresholds on these cells: {binary['threshold_at_90_specificity']:.3f} at 90 %, "
+              f"{binary['threshold_at_95_specificity']:.3f} at 95 % specificity (--split val: a call's threshold, "
+              f"predict.py --abnormal-probability)")
     if "slide" in results:
         print(f"slide: {results['slide']['slide_cells']} cells, call: {results['slide']['call']}, predict.py "
               f"{results['slide']['wall_s']} s")

@@ -28,6 +28,7 @@ from tools.metrics import (
     most_confused_pairs,
     overlap_scores,
     sensitivity_at_specificity,
+    threshold_at_specificity,
 )
 from tools.points import BETHESDA_CLASSES
 
@@ -310,6 +311,8 @@ def test_sensitivity_at_specificity_on_a_hand_example():
     assert sensitivity_at_specificity(is_positive, scores, 0.95) == pytest.approx(0.5)
     assert sensitivity_at_specificity(is_positive, scores, 0.90) == pytest.approx(0.75)
     assert sensitivity_at_specificity(is_positive, scores, 1.0) == pytest.approx(0.25)  # only 25 is above every negative
+    assert threshold_at_specificity(is_positive, scores, 0.95) == pytest.approx(19.5)
+    assert threshold_at_specificity(is_positive, scores, 0.90) == pytest.approx(18.5)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -231,6 +231,13 @@ def sensitivity_at_specificity(is_positive, scores, specificity: float) -> float
     return float(tpr[reachable].max()) if reachable.any() else 0.0
 
 
+def threshold_at_specificity(is_positive, scores, specificity: float) -> float:
+    """The lowest score threshold (call `score >= t` positive) whose specificity is at least `specificity`: the
+    operating point that sensitivity_at_specificity reports, e.g. to choose a call's threshold on val cells."""
+    fpr, _, thresholds = skm.roc_curve(np.asarray(is_positive, bool), np.asarray(scores, float), drop_intermediate=False)
+    return float(thresholds[fpr <= 1 - specificity + 1e-12].min())
+
+
 # ---------------------------------------------------------------- The Bethesda System
 
 def is_bethesda(class_names: Sequence[str]) -> bool:

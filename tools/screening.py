@@ -22,7 +22,13 @@ import numpy as np
 from sklearn import metrics as skm
 
 from tools.layouts import normal_class_names
-from tools.metrics import SCREENING_SPECIFICITIES, bethesda_metrics, is_bethesda, sensitivity_at_specificity
+from tools.metrics import (
+    SCREENING_SPECIFICITIES,
+    bethesda_metrics,
+    is_bethesda,
+    sensitivity_at_specificity,
+    threshold_at_specificity,
+)
 from tools.points import BETHESDA_CLASSES, NORMAL_CLASS, FieldPoints
 from utils.errors import UserError
 
@@ -158,6 +164,8 @@ def binary_scores(is_positive: np.ndarray, scores: np.ndarray) -> Dict:
     return {"roc_auc": float(skm.roc_auc_score(is_positive, scores)) if both else None,
             **{f"sensitivity_at_{round(100 * level)}_specificity":
                sensitivity_at_specificity(is_positive, scores, level) if both else None for level in SCREENING_SPECIFICITIES},
+            **{f"threshold_at_{round(100 * level)}_specificity":  # on val fields: where to set a call's threshold
+               threshold_at_specificity(is_positive, scores, level) if both else None for level in SCREENING_SPECIFICITIES},
             "positives": int(is_positive.sum()), "negatives": int((~is_positive).sum())}
 
 
