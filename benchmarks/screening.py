@@ -61,7 +61,9 @@ def get_args(argv=None) -> argparse.Namespace:
                              "at the fields' own pixel size as they are")
     parser.add_argument("--seed", type=int, default=0, help="where the fields land on the slide")
     parser.add_argument("--output-json", type=Path, default=None, help="default: <work-dir>/screening.json")
-    parser.add_argument("predict_flags", nargs="*", help="after --: more predict.py flags (both runs)")
+    parser.add_argument("predict_flags", nargs="*",
+                        help="after --: more predict.py flags (both runs), e.g. -- --min-cells 0 for a call on a slide of "
+                             "fewer than predict.py's 5000 cells")
     args = parser.parse_args(argv)
     args.work_dir = args.work_dir or args.run_dir / "screening"
     args.output_json = args.output_json or args.work_dir / "screening.json"
