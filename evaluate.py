@@ -319,9 +319,10 @@ def write_results(args, paths: RunPaths, pipeline: CellPipeline, records, evalua
     (eval_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     write_cell_table(eval_dir / "cells.csv", records, labels, probs, class_names)
     plot_confusion_matrix(np.array(cls_metrics["confusion_matrix"]), class_names, eval_dir / "confusion_matrix.png")
-    is_abnormal = np.isin(labels, [class_names.index(c) for c in abnormal])
-    binary_curve = (f"{'/'.join(normal)} vs abnormal", is_abnormal, probs[:, is_abnormal_class(class_names, abnormal)].sum(axis=1))
-    plot_roc_curves(labels, probs, class_names, eval_dir / "roc_curves.png", binary_curve if normal and abnormal else None)
+    abnormal_columns = [class_names.index(name) for name in abnormal]
+    binary_curve = ((f"{'/'.join(normal)} vs abnormal", np.isin(labels, abnormal_columns),
+                     probs[:, abnormal_columns].sum(axis=1)) if normal and abnormal else None)
+    plot_roc_curves(labels, probs, class_names, eval_dir / "roc_curves.png", binary_curve)
     plot_reliability_diagram(reliability_bins(labels, probs), results["calibration"]["ece_after"], eval_dir / "reliability.png")
     if evaluation.panels:
         save_overlay_grid(evaluation.panels, eval_dir / "overlays.png")
@@ -330,10 +331,6 @@ def write_results(args, paths: RunPaths, pipeline: CellPipeline, records, evalua
                             PredictedMaskFiles(args.masks_dir) if args.masks_dir else None)
     write_report(eval_dir / "report.html", results, plots, gallery)
     print_summary(results, eval_dir)
-
-
-def is_abnormal_class(class_names: Sequence[str], abnormal: Sequence[str]) -> np.ndarray:
-    return np.array([name in abnormal for name in class_names])
 
 
 def write_cell_table(path: Path, records: Sequence[CellRecord], labels: np.ndarray, probs: np.ndarray,

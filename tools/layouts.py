@@ -385,7 +385,8 @@ def detect_layout(root: Path, nuc_suffix: str = "N.png") -> str:
     raise UserError(
         f"{root}: no known data layout found (expected one of: sipakmed: im_<Class>/im_<Class>/*.bmp with "
         f"*_cytNN.dat, or CROPPED/*_cyt.dat; paired: <class>/<n>.bmp with <n>N.png and <n>C.png; "
-        f"labels: <class>/*.png|jpg|bmp|tif; cric: field images with classifications.csv); point --data-root at the folder that holds the class folders"
+        f"labels: <class>/*.png|jpg|bmp|tif; cric: field images with classifications.csv); point --data-root at the "
+        f"folder that holds the class folders"
     )
 
 
@@ -431,7 +432,7 @@ def check_each_cell_once(records: Sequence[CellRecord]) -> None:
         if record.problem is not None:
             continue  # left out anyway; a bad cluster image's cells all share its path and no crop box
         # cells of one cluster image (its polygon file), or of one CRIC field (its cell id: two windows may coincide)
-        cell = (record.polygon_files[0].name if record.polygon_files else record.sample_id) if record.crop_box is not None else None
+        cell = None if record.crop_box is None else record.polygon_files[0].name if record.polygon_files else record.sample_id
         other = seen.setdefault((os.path.realpath(record.image_path), record.crop_box, cell), record)
         if other is not record:
             classes = f" of classes {other.label} and {record.label}" if other.label != record.label else ""
