@@ -6,7 +6,8 @@
 Segmentation: Dice, IoU and pixel accuracy per head at each image's own resolution (cells with
 ground-truth masks only). Classification: on RGB + masks predicted by stage 1 (or ground truth
 with --mask-source gt), probabilities softmax(logits / T) with the checkpoint's fitted temperature;
-calibration is reported as ECE at T = 1 and at T; for ordered classes, the grading metrics too.
+calibration is reported as ECE at T = 1 and at T; for ordered classes, the grading metrics too (Herlev's and
+Bethesda's orders are known); for Bethesda's classes (--layout cric) also three grades: NILM / low / high.
 Everything lands in <run-dir>/outputs/eval/, with report.html, one self-contained page of it all.
 """
 import argparse
@@ -38,12 +39,14 @@ from tools.layouts.record import CellRecord
 from tools.masks import MASKS_MANIFEST, PredictedMaskFiles, ground_truth_masks
 from tools.metrics import (
     SegmentationMeter,
+    bethesda_grade_metrics,
     binary_metrics,
     bootstrap_accuracy_ci,
     classification_metrics,
     default_class_order,
     expected_calibration_error,
     grade_metrics,
+    is_bethesda,
     reliability_bins,
 )
 from tools.run_dir import RunPaths, open_run
@@ -74,8 +77,8 @@ def get_args(argv=None) -> argparse.Namespace:
                        help="score and classify with masks exported before (main_segment.py's outputs/masks, e.g. another "
                             "run's out-of-fold masks) instead of predicting them with --seg-checkpoint")
     group.add_argument("--normal-classes", nargs="+", default=None, metavar="CLASS",
-                       help="classes counted as normal for the normal/abnormal metrics (default: normal_* and "
-                            "SIPaKMeD's normal classes)")
+                       help="classes counted as normal for the normal/abnormal metrics (default: normal_*, "
+                            "SIPaKMeD's normal classes and NILM)")
     group.add_argument("--class-order", nargs="+", default=None, metavar="CLASS",
                        help="the classes from least to most severe, for the grading metrics (default: the classifier's "
                             "own order; Herlev's classes are known)")
@@ -314,6 +317,7 @@ def write_results(args, paths: RunPaths, pipeline: CellPipeline, records, evalua
         "data_root": str(args.data_root), "split": args.split, "num_cells": len(records), "mask_source": args.mask_source,
         "segmentation": evaluation.seg_meter.compute(), "classification": cls_metrics,
         "normal_vs_abnormal": binary_metrics(labels, probs, abnormal, class_names) if normal and abnormal else None,
+        "bethesda_grades": bethesda_grade_metrics(labels, probs, class_names) if is_bethesda(class_names) else None,
         "calibration": {"temperature": temperature, "ece_before": expected_calibration_error(labels, raw_probs),
                         "ece_after": expected_calibration_error(labels, probs), "at_bound": temperature in TEMPERATURE_RANGE},
     }
@@ -321,7 +325,10 @@ def write_results(args, paths: RunPaths, pipeline: CellPipeline, records, evalua
     (eval_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     write_cell_table(eval_dir / "cells.csv", records, labels, probs, class_names)
     plot_confusion_matrix(np.array(cls_metrics["confusion_matrix"]), class_names, eval_dir / "confusion_matrix.png")
-    plot_roc_curves(labels, probs, class_names, eval_dir / "roc_curves.png")
+    abnormal_columns = [class_names.index(name) for name in abnormal]
+    binary_curve = ((f"{'/'.join(normal)} vs abnormal", np.isin(labels, abnormal_columns),
+                     probs[:, abnormal_columns].sum(axis=1)) if normal and abnormal else None)
+    plot_roc_curves(labels, probs, class_names, eval_dir / "roc_curves.png", binary_curve)
     plot_reliability_diagram(reliability_bins(labels, probs), results["calibration"]["ece_after"], eval_dir / "reliability.png")
     if evaluation.panels:
         save_overlay_grid(evaluation.panels, eval_dir / "overlays.png")
@@ -358,10 +365,17 @@ def print_summary(results: Dict, eval_dir: Path) -> None:
         print("most confused (true -> predicted): " + ", ".join(
             f"{pair['true']} -> {pair['predicted']} {pair['count']} ({pair['share']:.0%})" for pair in cls["most_confused"]))
     if results["normal_vs_abnormal"]:
-        print(f"normal vs abnormal: accuracy {results['normal_vs_abnormal']['accuracy']:.4f}")
+        binary = results["normal_vs_abnormal"]
+        print(f"normal vs abnormal: accuracy {binary['accuracy']:.4f}  ROC-AUC {binary['roc_auc'] or float('nan'):.4f}  "
+              f"sensitivity at 90 % / 95 % specificity {binary['sensitivity_at_90_specificity'] or float('nan'):.4f} / "
+              f"{binary['sensitivity_at_95_specificity'] or float('nan'):.4f}")
     else:
         print("normal vs abnormal: not measured, the classes are not both normal and abnormal ones (--normal-classes "
               "names the normal ones)")
+    if results.get("bethesda_grades"):
+        grades = results["bethesda_grades"]
+        print(f"Bethesda grades (NILM / low / high): accuracy {grades['accuracy']:.4f}  macro-F1 {grades['macro_f1']:.4f}  "
+              f"quadratic weighted kappa {grades['quadratic_weighted_kappa'] or float('nan'):.4f}")
     calibration = results["calibration"]
     print(f"calibration: temperature {calibration['temperature']:.3f}  ECE {calibration['ece_before']:.4f} (T = 1) -> "
           f"{calibration['ece_after']:.4f}")

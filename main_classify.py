@@ -3,7 +3,14 @@
     python main_classify.py --data-root data/demo --run-dir runs/demo --preset cpu
 
 Masks come from stage 1 by default (outputs/masks/, predicted first where missing, using
-checkpoints/segmentation_best.pth); --mask-source gt trains on the ground-truth masks instead.
+checkpoints/segmentation_best.pth); --mask-source gt trains on the ground-truth masks instead. Layouts
+without masks (labels, cric) take theirs from another run's stage 1:
+
+    python main_classify.py --data-root CRIC --layout cric --run-dir runs/cric_cells \
+        --seg-checkpoint runs/herlev/checkpoints/segmentation_best.pth --preset cpu
+
+Class imbalance (CRIC: 77 % NILM) is met by weighting the loss by inverse class frequency (--class-weights, on)
+or, instead, by --balanced-sampling.
 Writes <run-dir>/checkpoints/classification_{best,last}.pth and logs/classification/; after training, a
 temperature fitted on the val split (tools/calibration.py) is stored in both checkpoints.
 """
@@ -42,7 +49,9 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--masks-dir", type=Path, default=None,
                        help="predicted masks to train on (default: <run-dir>/outputs/masks, where main_segment.py writes them)")
     group.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=True,
-                       help="weight the loss by inverse class frequency")
+                       help="weight the loss by the inverse class frequency of the train cells, so that rare classes "
+                            "count as much as common ones (CRIC's NILM cells outnumber its SCC cells about 64 to 1); "
+                            "the best epoch is chosen by val macro-F1, which weighs every class alike")
     group.add_argument("--balanced-sampling", action=argparse.BooleanOptionalAction,
                        help=f"draw training cells so that every class is seen equally often (with replacement; "
                             f"usually with --no-class-weights, as both together over-correct) "

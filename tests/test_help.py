@@ -22,6 +22,7 @@ SCRIPTS = {
     "benchmarks.throughput": "benchmarks/throughput.py",
     "benchmarks.slide_speed": "benchmarks/slide_speed.py",
     "benchmarks.slide_accuracy": "benchmarks/slide_accuracy.py",
+    "benchmarks.screening": "benchmarks/screening.py",
 }
 
 

@@ -8,7 +8,6 @@ import torch
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
-    cohen_kappa_score,
     confusion_matrix,
     f1_score,
     jaccard_score,
@@ -17,15 +16,14 @@ from sklearn.metrics import (
 )
 
 from tools.metrics import (
-    HERLEV_GRADE_ORDER,
     SegmentationMeter,
     binary_metrics,
     classification_metrics,
-    default_class_order,
     expected_calibration_error,
-    grade_metrics,
     most_confused_pairs,
     overlap_scores,
+    sensitivity_at_specificity,
+    threshold_at_specificity,
 )
 
 CLASS_NAMES = [
@@ -294,48 +292,32 @@ def test_binary_metrics_hand_built():
         assert result["f1"] == pytest.approx(2 / 3)
         # Abnormal scores 0.8, 0.8, 0.3 vs normal 0.2, 0.6, 0.1: 8 of 9 pairs ordered.
         assert result["roc_auc"] == pytest.approx(8 / 9)
+        # No normal cell may score abnormal at 90 % specificity of 3: above 0.6, 2 of the 3 abnormal cells
+        assert result["sensitivity_at_90_specificity"] == result["sensitivity_at_95_specificity"] == pytest.approx(2 / 3)
         assert json.loads(json.dumps(result)) == result
 
 
-# ---------------------------------------------------------------------------
-# Grading (ordered classes)
-# ---------------------------------------------------------------------------
-
-HERLEV_CLASSES = sorted(HERLEV_GRADE_ORDER)  # the classifier's order: alphabetical class folders
-
-
-def test_default_class_order_knows_herlev_and_not_sipakmed():
-    assert default_class_order(HERLEV_CLASSES) == list(HERLEV_GRADE_ORDER)
-    six = [c for c in HERLEV_CLASSES if c != "normal_columnar"]  # a class missing from the data set is skipped
-    assert default_class_order(six) == [c for c in HERLEV_GRADE_ORDER if c != "normal_columnar"]
-    assert default_class_order(["im_Dyskeratotic", "im_Koilocytotic", "im_Metaplastic"]) is None
-
-
-def test_grade_metrics_on_a_hand_example():
-    names = ["severe", "mild", "normal"]  # class indices; grades come from the order below
-    order = ["normal", "mild", "severe"]
-    y_true = np.array([2, 2, 1, 0, 0, 1])  # grades 0, 0, 1, 2, 2, 1
-    y_pred = np.array([2, 1, 1, 2, 0, 0])  # grades 0, 1, 1, 0, 2, 2: errors 0, 1, 0, 2, 0, 1
-    result = grade_metrics(y_true, y_pred, names, order)
-    assert result["grade_order"] == order
-    assert result["within_one_grade_accuracy"] == pytest.approx(5 / 6)
-    assert result["mean_absolute_grade_error"] == pytest.approx(4 / 6)
-    expected = cohen_kappa_score([0, 0, 1, 2, 2, 1], [0, 1, 1, 0, 2, 2], weights="quadratic")
-    assert result["quadratic_weighted_kappa"] == pytest.approx(expected)
-    assert json.loads(json.dumps(result)) == result
+def test_sensitivity_at_specificity_on_a_hand_example():
+    negatives, positives = np.arange(1, 21, dtype=float), np.array([25, 19.5, 18.5, 5])
+    is_positive = np.r_[np.zeros(20, bool), np.ones(4, bool)]
+    scores = np.r_[negatives, positives]
+    # >= 19.5 calls one negative (20) of 20: specificity 0.95, sensitivity 2/4; >= 18.5 calls 19 and 20: 0.90, 3/4
+    assert sensitivity_at_specificity(is_positive, scores, 0.95) == pytest.approx(0.5)
+    assert sensitivity_at_specificity(is_positive, scores, 0.90) == pytest.approx(0.75)
+    assert sensitivity_at_specificity(is_positive, scores, 1.0) == pytest.approx(0.25)  # only 25 is above every negative
+    assert threshold_at_specificity(is_positive, scores, 0.95) == pytest.approx(19.5)
+    assert threshold_at_specificity(is_positive, scores, 0.90) == pytest.approx(18.5)
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_quadratic_weighted_kappa_matches_sklearn_on_ranks(seed):
+def test_sensitivity_at_specificity_matches_every_threshold_tried(seed):
     rng = np.random.default_rng(seed)
-    y_true = rng.integers(0, len(HERLEV_CLASSES), 300)
-    y_pred = np.where(rng.random(300) < 0.6, y_true, rng.integers(0, len(HERLEV_CLASSES), 300))
-    rank = np.array([HERLEV_GRADE_ORDER.index(name) for name in HERLEV_CLASSES])
-    result = grade_metrics(y_true, y_pred, HERLEV_CLASSES, HERLEV_GRADE_ORDER)
-    expected = cohen_kappa_score(rank[y_true], rank[y_pred], weights="quadratic")
-    assert result["quadratic_weighted_kappa"] == pytest.approx(expected)
-    assert result["within_one_grade_accuracy"] == pytest.approx(np.mean(np.abs(rank[y_true] - rank[y_pred]) <= 1))
-    assert result["mean_absolute_grade_error"] == pytest.approx(np.mean(np.abs(rank[y_true] - rank[y_pred])))
+    is_positive = rng.random(200) < 0.3
+    scores = np.round(rng.random(200) + 0.4 * is_positive, 2)  # ties on purpose
+    for level in (0.9, 0.95):
+        best = max((np.mean(scores[is_positive] >= t) for t in np.unique(scores)
+                    if np.mean(scores[~is_positive] < t) >= level), default=0.0)
+        assert sensitivity_at_specificity(is_positive, scores, level) == pytest.approx(best)
 
 
 # ---------------------------------------------------------------------------

@@ -90,3 +90,26 @@ def test_evaluation_on_another_root_rejects_unknown_class(pipeline_run, tmp_path
         evaluate.main(["--data-root", str(other), "--split", "all", "--output-dir", str(run_dir), "--device", "cpu"])
     assert exit_info.value.code == 2
     assert "im_Unknown" in capsys.readouterr().err
+
+
+def test_cric_cells_train_and_evaluate_in_bethesda_classes(tmp_path):
+    """--layout cric: windows at the points, masks from another run's stage 1, metrics in Bethesda's classes."""
+    from cric_data import grid_fields, make_cric_root
+    from tiny_checkpoints import save_untrained_segmentation
+
+    data_root = make_cric_root(tmp_path / "cric", grid_fields(12))
+    seg = save_untrained_segmentation(tmp_path / "other_run" / "segmentation_best.pth")
+    common = ["--data-root", str(data_root), "--layout", "cric", "--run-dir", str(tmp_path / "run"), "--seg-checkpoint", str(seg)]
+    main_classify.main([*common, *TINY, "--epochs", "1", "--batch-size", "8", "--no-measurement-model"])
+    evaluate.main([*common, "--device", "cpu", "--workers", "0", "--backend", "torch"])
+    manifest = json.loads(next((tmp_path / "run" / "splits").glob("cric-*.json")).read_text())
+    splits_of_field = {}
+    for sample in manifest["samples"]:
+        splits_of_field.setdefault(sample["group"], set()).add(sample["split"])
+    assert len(splits_of_field) == 12 and all(len(splits) == 1 for splits in splits_of_field.values())
+    metrics = json.loads((tmp_path / "run" / "outputs" / "eval" / "metrics.json").read_text())
+    assert metrics["classification"]["class_names"] == ["HSIL", "LSIL", "NILM"]
+    assert metrics["classification"]["grade_order"] == ["NILM", "LSIL", "HSIL"]
+    assert metrics["bethesda_grades"]["class_names"] == ["NILM", "low", "high"]
+    assert set(metrics["normal_vs_abnormal"]) >= {"roc_auc", "sensitivity_at_90_specificity", "sensitivity_at_95_specificity"}
+    assert (tmp_path / "run" / "outputs" / "masks" / "f00" / "1_cyt.png").is_file()  # <field>/<cell id>

@@ -71,11 +71,24 @@ def test_other_fractions_are_followed(records):
     assert abs(counts["val"] / len(records) - 0.25) < 0.05
 
 
-def test_groups_of_mixed_labels_follow_their_majority():
+def test_groups_of_mixed_labels_get_one_split_each():
     records = [CellRecord(f"g/{i}", Path(f"{i}.bmp"), "a" if i < 3 else "b", "g") for i in range(4)]
     records += [CellRecord(f"h{i}", Path(f"h{i}.bmp"), "b", f"h{i}") for i in range(10)]
     assignment = assign_splits(records, FRACTIONS, seed=0)
     assert set(assignment) == {"g"} | {f"h{i}" for i in range(10)}
+
+
+def test_fields_of_many_cells_are_dealt_by_their_rarest_class():
+    """CRIC-like fields: 20 common cells each, 8 fields also hold one rare cell. Dealt by majority, the rare fields
+    could all land in train; dealt by their rarest class they reach every split."""
+    records = []
+    for field in range(40):
+        labels = ["common"] * 20 + (["rare"] if field % 5 == 0 else [])
+        records += [CellRecord(f"f{field:02d}/{i}", Path(f"f{field:02d}.jpg"), label, f"f{field:02d}")
+                    for i, label in enumerate(labels)]
+    for seed in range(5):
+        assignment = assign_splits(records, FRACTIONS, seed)
+        assert {assignment[f"f{field:02d}"] for field in range(0, 40, 5)} == set(SPLITS)
 
 
 def test_same_seed_same_assignment_other_seed_other(records):

@@ -11,6 +11,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
+from tools.layouts.points import BETHESDA_CLASSES, BETHESDA_GRADES, GRADE_NAMES, NORMAL_CLASS
+
 # ---------------------------------------------------------------- segmentation
 
 
@@ -155,11 +157,11 @@ def most_confused_pairs(confusion: np.ndarray, class_names: Sequence[str], top: 
 # Herlev's seven classes from least to most severe (Jantzen et al. 2005)
 HERLEV_GRADE_ORDER = ("normal_superficiel", "normal_intermediate", "normal_columnar", "light_dysplastic",
                       "moderate_dysplastic", "severe_dysplastic", "carcinoma_in_situ")
-KNOWN_GRADE_ORDERS = (HERLEV_GRADE_ORDER,)
+KNOWN_GRADE_ORDERS = (HERLEV_GRADE_ORDER, BETHESDA_CLASSES)  # Bethesda's: NILM < ASC-US < LSIL < ASC-H < HSIL < SCC
 
 
 def default_class_order(class_names: Sequence[str]) -> Optional[List[str]]:
-    """A known grade order covering every class (Herlev's), else None: SIPaKMeD's classes are kinds, not grades."""
+    """A known grade order covering every class (Herlev's, Bethesda's), else None: SIPaKMeD's classes are kinds, not grades."""
     for order in KNOWN_GRADE_ORDERS:
         if set(class_names) <= set(order):
             return [name for name in order if name in class_names]
@@ -191,8 +193,8 @@ def binary_metrics(y_true, y_prob, positive_classes, class_names: Sequence[str])
     A cell is predicted abnormal when the K-class argmax is one of the positive (abnormal) classes, given as
     names or indices; its abnormal score (for ROC-AUC) is the summed probability of those classes.
 
-    Returns accuracy, sensitivity, specificity, f1 (of the abnormal class), roc_auc (None if only one group
-    is present) and confusion_matrix [[TN, FP], [FN, TP]].
+    Returns accuracy, sensitivity, specificity, f1 (of the abnormal class), roc_auc and the sensitivity at 90 % and
+    95 % specificity of the abnormal score (None if only one group is present), confusion_matrix [[TN, FP], [FN, TP]].
     """
     class_names = [str(name) for name in class_names]
     labels, probs = np.asarray(y_true).astype(int).ravel(), np.asarray(y_prob, dtype=float)
@@ -201,14 +203,88 @@ def binary_metrics(y_true, y_prob, positive_classes, class_names: Sequence[str])
     predicted_abnormal = np.isin(probs.argmax(axis=1), positive)
     (tn, fp), (fn, tp) = skm.confusion_matrix(is_abnormal, predicted_abnormal, labels=[False, True])
     both_present = 0 < is_abnormal.sum() < labels.size
+    scores = probs[:, positive].sum(axis=1)
     return {
         "accuracy": float(skm.accuracy_score(is_abnormal, predicted_abnormal)),
         "sensitivity": float(skm.recall_score(is_abnormal, predicted_abnormal, zero_division=0)),
         "specificity": float(skm.recall_score(~is_abnormal, ~predicted_abnormal, zero_division=0)),
         "f1": float(skm.f1_score(is_abnormal, predicted_abnormal, zero_division=0)),
-        "roc_auc": float(skm.roc_auc_score(is_abnormal, probs[:, positive].sum(axis=1))) if both_present else None,
+        "roc_auc": float(skm.roc_auc_score(is_abnormal, scores)) if both_present else None,
+        **{f"sensitivity_at_{round(100 * level)}_specificity": sensitivity_at_specificity(is_abnormal, scores, level)
+           if both_present else None for level in SCREENING_SPECIFICITIES},
         "confusion_matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
     }
+
+
+SCREENING_SPECIFICITIES = (0.90, 0.95)  # operating points reported for normal-vs-abnormal (screening) scores
+
+
+def sensitivity_at_specificity(is_positive, scores, specificity: float) -> float:
+    """The highest sensitivity of a threshold on `scores` whose specificity is at least `specificity`.
+
+    A threshold calls `score >= t` positive; ties are called together, so a tie that straddles the point is not
+    split. Computed on scikit-learn's ROC curve: the largest true-positive rate with false-positive rate
+    <= 1 - specificity (0 when no threshold reaches it).
+    """
+    fpr, tpr, _ = skm.roc_curve(np.asarray(is_positive, bool), np.asarray(scores, float), drop_intermediate=False)
+    reachable = fpr <= 1 - specificity + 1e-12
+    return float(tpr[reachable].max()) if reachable.any() else 0.0
+
+
+def threshold_at_specificity(is_positive, scores, specificity: float) -> float:
+    """The lowest score threshold (call `score >= t` positive) whose specificity is at least `specificity`: the
+    operating point that sensitivity_at_specificity reports, e.g. to choose a call's threshold on val cells."""
+    fpr, _, thresholds = skm.roc_curve(np.asarray(is_positive, bool), np.asarray(scores, float), drop_intermediate=False)
+    return float(thresholds[fpr <= 1 - specificity + 1e-12].min())
+
+
+# ---------------------------------------------------------------- The Bethesda System
+
+def is_bethesda(class_names: Sequence[str]) -> bool:
+    """Whether the classifier's classes are Bethesda's (NILM among them, none outside them)."""
+    return NORMAL_CLASS in class_names and set(class_names) <= set(BETHESDA_CLASSES)
+
+
+def bethesda_grade_metrics(y_true, y_prob, class_names: Sequence[str]) -> Dict:
+    """Classification metrics in three grades: NILM / low (ASC-US, LSIL) / high (ASC-H, HSIL, SCC).
+
+    A grade's probability is the sum of its classes' probabilities and the predicted grade the most probable one
+    (which may differ from the grade of the most probable class when a grade's mass is spread over its classes).
+
+    Returns classification_metrics over the grades (GRADE_NAMES order) with quadratic_weighted_kappa etc. of the
+    ordered grades (grade_metrics).
+    """
+    labels, probs = np.asarray(y_true).astype(int).ravel(), np.asarray(y_prob, dtype=float)
+    grade_of_class = np.array([GRADE_NAMES.index(BETHESDA_GRADES[name]) for name in class_names])
+    grade_probs = np.stack([probs[:, grade_of_class == g].sum(axis=1) for g in range(len(GRADE_NAMES))], axis=1)
+    grade_labels = grade_of_class[labels]
+    metrics = classification_metrics(grade_labels, grade_probs, GRADE_NAMES)
+    metrics.update(grade_metrics(grade_labels, grade_probs.argmax(axis=1), GRADE_NAMES, GRADE_NAMES))
+    return metrics
+
+
+def bethesda_metrics(y_true, y_prob, class_names: Sequence[str]) -> Dict:
+    """The Bethesda System's metrics of cells classified in its classes, in six classes, three grades and two.
+
+    Args:
+        y_true: int labels [N] indexing class_names.
+        y_prob: [N, K] class probabilities.
+        class_names: the classifier's K classes, a subset of BETHESDA_CLASSES holding NILM.
+
+    Returns:
+        {"six_classes": classification_metrics + grade_metrics (QWK in the order NILM < ASC-US < LSIL < ASC-H <
+        HSIL < SCC), "three_grades": bethesda_grade_metrics, "nilm_vs_abnormal": binary_metrics (abnormal score
+        1 - P(NILM); ROC-AUC, sensitivity at 90 % and 95 % specificity)}.
+    """
+    class_names = [str(name) for name in class_names]
+    if not is_bethesda(class_names):
+        raise ValueError(f"not Bethesda classes: {class_names}")
+    probs = np.asarray(y_prob, dtype=float)
+    six = classification_metrics(y_true, probs, class_names)
+    six.update(grade_metrics(y_true, probs.argmax(axis=1), class_names, BETHESDA_CLASSES))
+    abnormal = [name for name in class_names if name != NORMAL_CLASS]
+    return {"six_classes": six, "three_grades": bethesda_grade_metrics(y_true, probs, class_names),
+            "nilm_vs_abnormal": binary_metrics(y_true, probs, abnormal, class_names)}
 
 
 # ---------------------------------------------------------------- calibration and uncertainty

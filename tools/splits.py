@@ -1,6 +1,6 @@
 """The split manifest: train/val/test written once per data root, read by every script.
 
-Split by group (a SIPaKMeD cluster image, or a single cell elsewhere), stratified by class,
+Split by group (a SIPaKMeD cluster image, a CRIC field, or a single cell elsewhere), stratified by class,
 seeded. Only evaluate.py reads the test split.
 """
 import hashlib
@@ -21,7 +21,8 @@ SPLITS = ("train", "val", "test")
 
 
 def assign_splits(records: Sequence[CellRecord], fractions: Tuple[float, float, float], seed: int) -> Dict[str, str]:
-    """Map group -> split. Per class, shuffled groups fill train, then val, then test up to their share of cells.
+    """Map group -> split. Per class, shuffled groups fill train, then val, then test up to their share of cells (a
+    group holding several classes counts with its rarest one).
 
     A class with 3 groups or more always gets at least one in val and one in test (a class missing from test
     would be reported with an F1 of 0, or not at all); a class with fewer stays wholly in train, and
@@ -32,10 +33,16 @@ def assign_splits(records: Sequence[CellRecord], fractions: Tuple[float, float, 
     for record in records:
         group_sizes[record.group] += 1
         group_labels[record.group][record.label] += 1
+    class_sizes: Dict[str, int] = defaultdict(int)
+    for label_counts in group_labels.values():
+        for label, count in label_counts.items():
+            class_sizes[label] += count
     groups_by_class: Dict[str, List[str]] = defaultdict(list)
     for group, label_counts in group_labels.items():
-        majority_label = max(sorted(label_counts), key=label_counts.get)
-        groups_by_class[majority_label].append(group)
+        # A group of several classes (a CRIC field: mostly NILM, a few abnormal cells) is dealt with its rarest class,
+        # so that the rare classes' few fields spread over the splits; a group of one class is dealt with that class
+        rarest_label = min(sorted(label_counts), key=class_sizes.get)
+        groups_by_class[rarest_label].append(group)
 
     rng = np.random.default_rng(seed)
     assignment = {}

@@ -157,9 +157,26 @@ def binary_body(binary: Optional[Dict]) -> str:
     (tn, fp), (fn, tp) = binary["confusion_matrix"]
     rows = [[name, binary[key]] for name, key in (("accuracy", "accuracy"), ("sensitivity (abnormal recall)", "sensitivity"),
                                                   ("specificity (normal recall)", "specificity"), ("F1 (abnormal)", "f1"),
-                                                  ("ROC-AUC", "roc_auc"))]
+                                                  ("ROC-AUC", "roc_auc"),
+                                                  ("sensitivity at 90 % specificity", "sensitivity_at_90_specificity"),
+                                                  ("sensitivity at 95 % specificity", "sensitivity_at_95_specificity"))
+            if key in binary]
     counts = table(["true \\ predicted", "normal", "abnormal"], [["normal", str(tn), str(fp)], ["abnormal", str(fn), str(tp)]])
     return f'<div class="tables">{table(["", "value"], rows)}{counts}</div>'
+
+
+def grades_body(grades: Optional[Dict]) -> str:
+    """Bethesda's three grades (NILM / low / high), for a classifier trained in Bethesda's classes; '' otherwise."""
+    if not grades:
+        return ""
+    rows = [[name, grades.get(key)] for name, key in (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"),
+                                                      ("macro F1", "macro_f1"),
+                                                      ("quadratic weighted kappa", "quadratic_weighted_kappa"))]
+    names = grades["class_names"]
+    confusion = table(["true \\ predicted", *names],
+                      [[name, *map(str, row)] for name, row in zip(names, grades["confusion_matrix"])])
+    return ('<h3>Three grades: NILM / low (ASC-US, LSIL) / high (ASC-H, HSIL, SCC)</h3><div class="tables">'
+            f'{table(["", "value"], rows)}{confusion}</div>')
 
 
 def calibration_body(calibration: Optional[Dict]) -> str:
@@ -218,7 +235,7 @@ def write_report(path: Path, results: Dict, plots: Dict[str, Path], errors: Sequ
     bodies = {
         "Segmentation": segmentation_body(results.get("segmentation")),
         "Classification": classification_body(results["classification"]),
-        "Normal vs abnormal": binary_body(results.get("normal_vs_abnormal")),
+        "Normal vs abnormal": binary_body(results.get("normal_vs_abnormal")) + grades_body(results.get("bethesda_grades")),
         "Calibration": calibration_body(results.get("calibration")),
         "Confusion matrix": plot(plots.get("confusion_matrix"), "confusion matrix"),
         "ROC curves": plot(plots.get("roc_curves"), "ROC curves"),

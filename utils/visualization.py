@@ -80,7 +80,7 @@ def plot_confusion_matrix(confusion, class_names, path, normalize=True, title=No
     return _save(fig, path)
 
 
-def plot_roc_curves(y_true, y_prob, class_names, path):
+def plot_roc_curves(y_true, y_prob, class_names, path, binary=None):
     """One-vs-rest ROC curve per class, AUC in the legend, chance diagonal.
 
     Args:
@@ -88,6 +88,8 @@ def plot_roc_curves(y_true, y_prob, class_names, path):
         y_prob: class probabilities [N, K].
         class_names: K class names.
         path: output PNG path.
+        binary: optional (name, is_abnormal bool [N], abnormal score [N]): one more curve, drawn thick in black, e.g.
+            normal vs abnormal.
 
     Returns:
         Path of the written PNG. Classes absent from ``y_true`` (or making up
@@ -104,6 +106,10 @@ def plot_roc_curves(y_true, y_prob, class_names, path):
         auc = roc_auc_score(is_class, probs[:, k])
         fpr, tpr, _ = roc_curve(is_class, probs[:, k])
         ax.plot(fpr, tpr, color=colours(k % 10), lw=1.5, label=f"{name} (AUC {auc:.3f})")
+    if binary is not None and 0 < np.sum(binary[1]) < len(binary[1]):
+        name, is_positive, scores = binary
+        fpr, tpr, _ = roc_curve(is_positive, scores)
+        ax.plot(fpr, tpr, color="black", lw=2.5, label=f"{name} (AUC {roc_auc_score(is_positive, scores):.3f})")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
     _unit_square(ax, "False positive rate", "True positive rate", "ROC curves (one-vs-rest)", top=1.01)
     ax.legend(loc="lower right", fontsize=8)

@@ -9,7 +9,7 @@ Layouts (found at any depth below the data root; hidden files and folders and ma
   sipakmed  SIPaKMeD cluster images as fields: im_<Class>/im_<Class>/NNN.bmp with every NNN_cytMM.dat
             (cell border) and NNN_nucMM.dat (nucleus border), polygons of x,y in image coordinates.
   cric      CRIC Cervix: field images with CRIC's classifications.csv beside them, squamous cells marked by a point
-            on the nucleus (tools/points.py); nuclei and cells are grown from the points (tools/fields/pseudo_masks.py).
+            on the nucleus (tools/layouts/points.py); nuclei and cells are grown from the points (tools/fields/pseudo_masks.py).
 
 The cell target is the WHOLE cell, as in tools.data_loader: a SIPaKMeD cell mask is its cytoplasm polygon OR
 the nuclei that lie in it; an ISBI cell mask is stored that way already.
@@ -27,8 +27,8 @@ from scipy import ndimage
 from tools.fields.pseudo_masks import point_targets
 from tools.inputs import input_files
 from tools.layouts.files import IMAGE_EXTENSIONS, read_dat_polygon
+from tools.layouts.points import is_points_root, read_field_points
 from tools.layouts.sipakmed import nucleus_owner
-from tools.points import is_points_root, read_field_points
 from utils.errors import UserError
 from utils.preprocessing import (
     imread_unchanged,
@@ -200,7 +200,7 @@ def read_sipakmed_fields(root: Path) -> List[FieldRecord]:
 
 
 def read_cric_fields(root: Path) -> List[FieldRecord]:
-    """Every field of a CRIC-style folder (tools/points.py), with its marked nuclei; the field is its own group."""
+    """Every field of a CRIC-style folder (tools/layouts/points.py), with its marked nuclei; the field is its own group."""
     return [FieldRecord(field_id=field.field_id, image_path=field.image_path, group=field.field_id,
                         label="abnormal" if set(field.labels) - {"NILM"} else "NILM", points=field.points)
             for field in read_field_points(Path(root))]

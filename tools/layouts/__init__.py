@@ -7,9 +7,10 @@ Cells (one cell per record, `CellRecord`: record.py), read by cells.read_records
   paired.py    paired: <class>/<n>.<ext> with masks <n>N.png (nucleus) and <n>C.png (cytoplasm), as Herlev;
                labels: <class>/*.png|jpg|bmp|tif without masks: classification only, masks come from stage 1.
   files.py     what they share: class folders, image files, .dat polygons, bad cells under --skip-bad.
+  points.py    cric: field images with CRIC's classifications.csv (a point on each marked nucleus and its Bethesda
+               class), read and checked; one cell per point, a square window around it, no masks (stage 1's).
 Fields of view (one field with every cell outlined per record): tools/fields/layouts.py, beside the field code
-it feeds. Points (fields whose cells are marked by a nucleus point and a class, as CRIC's classifications.csv)
-belong here as points.py, on files.py's folders and images.
+it feeds; its cric field layout reads points.py's points.
 
 File names are matched without regard to case (10N.PNG is 10's nucleus mask). Folders are listed by
 tools/inputs.py: each file once, and never hidden files and folders (.DS_Store, macOS ._* and __MACOSX/)

@@ -20,6 +20,7 @@ from tools.layouts.paired import (
     read_labels_only,
     read_paired,
 )
+from tools.layouts.points import NORMAL_CLASS, is_points_root, read_cric_cells
 from tools.layouts.record import CellRecord
 from tools.layouts.sipakmed import (
     read_sipakmed_clusters,
@@ -28,7 +29,7 @@ from tools.layouts.sipakmed import (
 )
 from utils.errors import UserError
 
-LAYOUTS = ("sipakmed", "paired", "labels")
+LAYOUTS = ("sipakmed", "paired", "labels", "cric")
 
 
 def suffixes_beside_images(root: Path) -> List[str]:
@@ -60,6 +61,8 @@ def has_boundary_files(folder: Path) -> bool:
 
 def detect_layout(root: Path, nuc_suffix: str = "N.png") -> str:
     """Name the layout of a data root from what its class folders hold."""
+    if is_points_root(root):
+        return "cric"
     folders = class_folders(root)
     if any((sipakmed_inner_folder(f) / "CROPPED").is_dir() or has_boundary_files(sipakmed_inner_folder(f)) for f in folders):
         return "sipakmed"
@@ -71,7 +74,8 @@ def detect_layout(root: Path, nuc_suffix: str = "N.png") -> str:
     raise UserError(
         f"{root}: no known data layout found (expected one of: sipakmed: im_<Class>/im_<Class>/*.bmp with "
         f"*_cytNN.dat, or CROPPED/*_cyt.dat; paired: <class>/<n>.bmp with <n>N.png and <n>C.png; "
-        f"labels: <class>/*.png|jpg|bmp|tif); point --data-root at the folder that holds the class folders"
+        f"labels: <class>/*.png|jpg|bmp|tif; cric: field images with classifications.csv); point --data-root at the "
+        f"folder that holds the class folders"
     )
 
 
@@ -94,12 +98,14 @@ def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropp
         records = read_paired(root, nuc_suffix, cyt_suffix, skip_bad)
     elif layout == "labels":
         records = read_labels_only(root, (nuc_suffix, cyt_suffix))
+    elif layout == "cric":
+        records = read_cric_cells(root)
     else:
         raise UserError(f"unknown layout {layout!r}; choose one of: auto, {', '.join(LAYOUTS)}")
     if not records:
         raise UserError(f"{root}: the {layout} layout found no cells (sipakmed source: {sipakmed_source}); "
                         f"check --data-root and --layout")
-    empty = [f.name for f in class_folders(root) if not any(r.label == f.name for r in records)]
+    empty = [] if layout == "cric" else [f.name for f in class_folders(root) if not any(r.label == f.name for r in records)]
     if empty:
         raise UserError(f"{root}: class folder(s) {', '.join(empty)} hold no usable images; add images or remove the folder")
     records = sorted(records, key=lambda r: r.sample_id)
@@ -115,7 +121,8 @@ def check_each_cell_once(records: Sequence[CellRecord]) -> None:
     for record in records:
         if record.problem is not None:
             continue  # left out anyway; a bad cluster image's cells all share its path and no crop box
-        cell = record.polygon_files[0].name if record.crop_box is not None else None  # cells of one cluster image
+        # cells of one cluster image (its polygon file), or of one CRIC field (its cell id: two windows may coincide)
+        cell = None if record.crop_box is None else record.polygon_files[0].name if record.polygon_files else record.sample_id
         other = seen.setdefault((os.path.realpath(record.image_path), record.crop_box, cell), record)
         if other is not record:
             classes = f" of classes {other.label} and {record.label}" if other.label != record.label else ""
@@ -123,12 +130,14 @@ def check_each_cell_once(records: Sequence[CellRecord]) -> None:
                             f"its folder), so it would count as two cells{classes}; remove the link")
 
 
-# SIPaKMeD's normal cells; Herlev's are the classes named normal_*
+# SIPaKMeD's normal cells and Bethesda's NILM; Herlev's are the classes named normal_*
 SIPAKMED_NORMAL = ("im_Superficial-Intermediate", "im_Parabasal", "im_Metaplastic")
+KNOWN_NORMAL = (*SIPAKMED_NORMAL, NORMAL_CLASS)
 
 
 def normal_class_names(class_names: Sequence[str], chosen: Optional[Sequence[str]] = None) -> List[str]:
-    """The normal classes for the normal-vs-abnormal metrics: `chosen`, else normal_* and SIPaKMeD's normal classes."""
+    """The normal classes for the normal-vs-abnormal metrics: `chosen`, else normal_*, SIPaKMeD's normal classes and
+    NILM."""
     if chosen is not None:
         return list(chosen)
-    return [c for c in class_names if c.lower().startswith("normal") or c in SIPAKMED_NORMAL]
+    return [c for c in class_names if c.lower().startswith("normal") or c in KNOWN_NORMAL]

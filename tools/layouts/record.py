@@ -1,4 +1,6 @@
 """CellRecord: the one record every cell layout yields; everything after the readers uses only it."""
+import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -29,9 +31,29 @@ class CellRecord:
         return self.cyt_mask_path is not None or bool(self.cyt_polygons)
 
     def load_image(self) -> np.ndarray:
-        """The cell's RGB image [H, W, 3]: its file, or its box of a cluster image."""
-        image = read_image(self.image_path)
-        if self.crop_box is not None:
-            x0, y0, x1, y1 = self.crop_box
-            image = image[y0:y1, x0:x1]  # slicing clips the far edges at the image border
-        return image
+        """The cell's RGB image [H, W, 3]: its file, or its box of a cluster image or field."""
+        if self.crop_box is None:
+            return read_image(self.image_path)
+        x0, y0, x1, y1 = self.crop_box
+        return shared_image(self.image_path)[y0:y1, x0:x1].copy()  # slicing clips the far edges at the image border
+
+
+SHARED_IMAGES = 4  # decoded images kept for the cells cut from them (a CRIC field holds ~25 cells, read in a row)
+
+
+def shared_image(path: Path) -> np.ndarray:
+    """The decoded image, read-only, kept while its cells are read: the cells of one image are sorted together, so
+    it is decoded once, not once per cell (4,159 CRIC cells from 173 fields: 3 minutes per pass otherwise)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return read_image(path)  # gone or unreadable: read_image says so in one line
+    return _decoded(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=SHARED_IMAGES)
+def _decoded(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    """read_image keyed by the file's stamp, so that an image changed on disk is read again."""
+    image = read_image(Path(path))
+    image.flags.writeable = False
+    return image
