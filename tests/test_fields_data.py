@@ -5,6 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_fields_pseudo_masks import write_cric_root
 
 from tools.fields.data import (
     UNKNOWN,
@@ -21,7 +22,9 @@ from tools.fields.data import (
 )
 from tools.fields.geometry import crop_padded, grid_corners
 from tools.fields.layouts import read_fields
+from tools.layouts.cells import read_records
 from tools.run_dir import RunPaths
+from tools.splits import load_split
 
 
 def disc(shape, centre, radius) -> np.ndarray:
@@ -203,3 +206,17 @@ def test_open_fields_splits_sipakmed_fields_in_their_own_manifest(tmp_path, demo
     ids = [[r.field_id for r in split.by_split[name]] for name in ("train", "val", "test")]
     assert sorted(sum(ids, [])) == sorted(r.field_id for r in split.records)  # every field in exactly one split
     assert ids[0] and ids[1]
+
+
+def test_a_cric_roots_fields_are_split_as_its_cells_are(tmp_path):
+    classes = ["Negative for intraepithelial lesion"] * 6 + ["LSIL"] * 3 + ["HSIL"] * 3
+    root = write_cric_root(tmp_path / "cric", classes)
+    args = argparse.Namespace(data_root=root, layout="cric-fields", split_file=None, split_seed=0)
+    paths = RunPaths(tmp_path / "run")
+    fields = open_fields(args, paths)
+    cells, _ = read_records(root, "cric")
+    cell_split = load_split(cells, paths.manifest(root), root, "cric")
+    field_of_split = {r.field_id: name for name, records in fields.by_split.items() for r in records}
+    cell_of_split = {r.group: name for name, records in cell_split.items() for r in records}
+    # each field alone would be split by its own label; following its cells, it lands where they do
+    assert field_of_split == cell_of_split

@@ -138,10 +138,16 @@ def chosen_manifest(split_file: Optional[Path], default: Path) -> Path:
 
 
 def load_split(records: Sequence[CellRecord], manifest_path: Path, data_root: Path, layout: str,
-               fractions: Tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0) -> Dict[str, List[CellRecord]]:
-    """Read the manifest (writing it first if this data root has none) and group the records by split."""
+               fractions: Tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0,
+               split_by: Optional[Sequence[CellRecord]] = None) -> Dict[str, List[CellRecord]]:
+    """Read the manifest (writing it first if this data root has none) and group the records by split.
+
+    split_by: other records of the same groups whose split these follow (a CRIC root's cells, for its fields), so
+    that the two manifests of one data root put each group in the same split.
+    """
     if not manifest_path.exists():
-        write_manifest(manifest_path, records, data_root, layout, fractions, seed)
+        assignment = assign_splits(split_by, fractions, seed) if split_by is not None else None
+        write_manifest(manifest_path, records, data_root, layout, fractions, seed, assignment)
         print(f"wrote split manifest {manifest_path}")
     split_of = read_manifest(manifest_path, records)
     for name, missing in classes_missing_from(records, split_of).items():

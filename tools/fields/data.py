@@ -30,6 +30,7 @@ from tools.fields.layouts import (
     load_field,
     read_fields,
 )
+from tools.layouts.points import read_cric_cells
 from tools.splits import chosen_manifest, load_split
 from utils.errors import UserError
 from utils.preprocessing import PAD_RGB, normalize_image
@@ -59,7 +60,9 @@ def open_fields(args, paths) -> DatasetSplit:
     """The fields of the data root named by the data flags, every one decoded once, split by the manifest."""
     manifest_path = chosen_manifest(args.split_file, paths.manifest(args.data_root, "fields"))  # before decoding them
     records, layout = read_fields(args.data_root, FIELD_LAYOUT_NAMES.get(args.layout, "auto"))
-    by_split = load_split(records, manifest_path, args.data_root, layout, seed=args.split_seed)
+    # a CRIC root's fields are split as its cells are (main_classify.py --layout cric): no test field trains stage 1
+    cells = read_cric_cells(args.data_root) if layout == "cric" else None
+    by_split = load_split(records, manifest_path, args.data_root, layout, seed=args.split_seed, split_by=cells)
     for name in ("train", "val"):
         if not by_split[name]:
             raise UserError(f"{manifest_path}: the {name} split holds no field ({len(records)} fields in all); add fields")
