@@ -35,6 +35,7 @@ from tools.inference import (
 )
 from tools.inputs import mark_output_dir
 from tools.layouts.cells import normal_class_names, read_records
+from tools.layouts.points import is_bethesda
 from tools.layouts.record import CellRecord
 from tools.masks import MASKS_MANIFEST, PredictedMaskFiles, ground_truth_masks
 from tools.metrics import (
@@ -46,7 +47,6 @@ from tools.metrics import (
     default_class_order,
     expected_calibration_error,
     grade_metrics,
-    is_bethesda,
     reliability_bins,
 )
 from tools.run_dir import RunPaths, open_run

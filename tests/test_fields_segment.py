@@ -317,6 +317,18 @@ def test_cell_crop_is_the_box_plus_margin_with_the_masks_in_place():
     assert cell_mask.sum() == 80 and cell_mask[8:16, 10:20].all() and not nuc_mask.any()
 
 
+def test_cell_crop_in_a_window_is_centred_on_the_nucleus_and_cuts_the_cell_to_it():
+    image = draw_field()
+    nucleus = np.zeros((30, 40), bool)
+    nucleus[10:14, 20:24] = True  # centre (x, y) = (10 + 21.5, 20 + 11.5) in the field
+    cell = FieldCell((10, 20, 50, 50), np.ones((30, 40), bool), nucleus, 1.0)
+    crop, cell_mask, nuc_mask = cell_crop(lambda t, l, b, r: image[t:b, l:r], FIELD_SHAPE, cell, window=16)
+    assert crop.shape[:2] == (16, 16)
+    assert np.array_equal(crop, image[24:40, 24:40])  # the 16 px square around (31.5, 31.5)
+    assert nuc_mask.sum() == 16 and nuc_mask[6:10, 6:10].all()
+    assert cell_mask.all()  # the cell is larger than the window: cut to it
+
+
 def test_classify_cells_sets_each_cells_probabilities_from_its_own_crop():
     # two cells, one reddish and one bluish; the fake classifier says "red" where the cell mask is redder than blue
     centres = [(30, 30), (30, 90)]

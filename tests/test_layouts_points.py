@@ -9,7 +9,15 @@ import pytest
 from cric_data import FIELDS, csv_rows, make_cric_root, write_csv
 
 from tools.layouts.cells import detect_layout, normal_class_names, read_records
-from tools.layouts.points import BETHESDA_CLASSES, BETHESDA_GRADES, centred_box, is_points_root, read_field_points
+from tools.layouts.points import (
+    BETHESDA_CLASSES,
+    BETHESDA_GRADES,
+    CELL_WINDOW_PX,
+    centred_box,
+    classifier_window,
+    is_points_root,
+    read_field_points,
+)
 from tools.splits import assign_splits
 from utils.errors import UserError
 
@@ -163,3 +171,10 @@ def test_cells_of_one_field_share_its_decoding_but_see_a_changed_file(tmp_path):
     cv2.imwrite(str(root / "a.png"), np.zeros((120, 160, 3), np.uint8))
     os.utime(root / "a.png", ns=(1, 1))  # another stamp, even where the clock is coarse
     assert not records[1].load_image().any()
+
+
+def test_a_classifier_in_bethesdas_classes_sees_cells_in_point_windows():
+    assert classifier_window(sorted(BETHESDA_CLASSES)) == CELL_WINDOW_PX
+    assert classifier_window(["NILM", "HSIL"]) == CELL_WINDOW_PX
+    assert classifier_window(["normal_superficiel", "severe_dysplastic"]) == 0  # Herlev's: cut by the outline
+    assert classifier_window(["NILM", "im_Parabasal"]) == 0 and classifier_window(None) == 0

@@ -17,6 +17,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tools.layouts.points import classifier_window
 from tools.onnx_format import EXPORT_FORMAT
 from utils.errors import UserError
 from utils.files import file_sha1
@@ -107,6 +108,8 @@ class CellPipeline:
     measures: bool = False  # the classifier takes cell measurements (tools/morphometry.py) beside the image
     measurement_model: Optional[dict] = None  # its probabilities are averaged with the CNN's (tools/measurement_model.py)
     seg_flips: Tuple = SEGMENTATION_FLIPS  # views the segmenter's probabilities are averaged over
+    cell_window: int = 0  # on fields: cells cut as a square of this side around the nucleus (a classifier trained on
+    # CRIC-style points, tools/layouts/points.classifier_window); 0: by the cell's box
 
     # ------------------------------------------------------------ stage 1
 
@@ -227,6 +230,7 @@ def torch_pipeline(seg_checkpoint: Optional[Path], cls_checkpoint: Optional[Path
         cls_model, cls = load_model(cls_checkpoint, "classification", device)
         pipeline.classifier, pipeline.cls_size = TorchBackend(cls_model, device), cls["args"]["img_size"]
         pipeline.class_names = list(cls["class_names"])
+        pipeline.cell_window = classifier_window(pipeline.class_names)
         pipeline.temperature = float(cls.get("temperature", 1.0))
         pipeline.measures = bool(cls["model_config"].get("num_measurements"))
         pipeline.measurement_model = cls.get("measurement_model")
@@ -320,6 +324,7 @@ def onnx_pipeline(onnx_dir: Path, seg_checkpoint: Optional[Path], cls_checkpoint
         meta = classifier.metadata
         pipeline.classifier, pipeline.cls_size = classifier, int(meta["img_size"])
         pipeline.class_names = json.loads(meta["class_names"])
+        pipeline.cell_window = classifier_window(pipeline.class_names)
         pipeline.temperature = float(meta["temperature"])
         pipeline.measures = len(classifier.input_names) > 1
         pipeline.measurement_model = json.loads(meta.get("measurement_model", "null"))

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from sklearn import metrics as skm
 
-from tools.layouts.points import BETHESDA_CLASSES, BETHESDA_GRADES, GRADE_NAMES, NORMAL_CLASS
+from tools.layouts.points import BETHESDA_CLASSES, BETHESDA_GRADES, GRADE_NAMES, NORMAL_CLASS, is_bethesda
 
 # ---------------------------------------------------------------- segmentation
 
@@ -239,11 +239,6 @@ def threshold_at_specificity(is_positive, scores, specificity: float) -> float:
 
 
 # ---------------------------------------------------------------- The Bethesda System
-
-def is_bethesda(class_names: Sequence[str]) -> bool:
-    """Whether the classifier's classes are Bethesda's (NILM among them, none outside them)."""
-    return NORMAL_CLASS in class_names and set(class_names) <= set(BETHESDA_CLASSES)
-
 
 def bethesda_grade_metrics(y_true, y_prob, class_names: Sequence[str]) -> Dict:
     """Classification metrics in three grades: NILM / low (ASC-US, LSIL) / high (ASC-H, HSIL, SCC).

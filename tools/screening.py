@@ -22,11 +22,10 @@ import numpy as np
 from sklearn import metrics as skm
 
 from tools.layouts.cells import normal_class_names
-from tools.layouts.points import BETHESDA_CLASSES, NORMAL_CLASS, FieldPoints
+from tools.layouts.points import BETHESDA_CLASSES, NORMAL_CLASS, FieldPoints, is_bethesda
 from tools.metrics import (
     SCREENING_SPECIFICITIES,
     bethesda_metrics,
-    is_bethesda,
     sensitivity_at_specificity,
     threshold_at_specificity,
 )

@@ -24,6 +24,7 @@ from scipy import ndimage
 from tools.fields.geometry import crop_padded, shrunk_window, window_corner, window_input
 from tools.fields.models import FieldModels
 from tools.inference import CellPipeline, batched, sigmoid
+from tools.layouts.points import centred_box
 from tools.layouts.sipakmed import CLUSTER_CROP_MARGIN
 from utils.preprocessing import PAD_RGB, fill_holes, largest_component, normalize_image
 
@@ -332,15 +333,26 @@ def to_field_cell(cell: np.ndarray, nucleus: np.ndarray, score: float, window_co
 
 # ---------------------------------------------------------------- classification of the cells
 
-def cell_crop(read: Callable, shape: Tuple[int, int], cell: FieldCell) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The cell cut out as SIPaKMeD cluster cells are for training (its box plus CLUSTER_CROP_MARGIN), with its masks."""
+def cell_crop(read: Callable, shape: Tuple[int, int], cell: FieldCell,
+              window: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cell cut out as its classifier's training cells were, with its masks: its box plus CLUSTER_CROP_MARGIN
+    (SIPaKMeD cluster cells), or with `window` the square of that side around its nucleus's centre, shifted inside
+    the field (CRIC's points: tools/layouts/points.centred_box)."""
     x0, y0, x1, y1 = cell.box
-    top, left = max(y0 - CLUSTER_CROP_MARGIN, 0), max(x0 - CLUSTER_CROP_MARGIN, 0)
-    bottom, right = min(y1 + CLUSTER_CROP_MARGIN, shape[0]), min(x1 + CLUSTER_CROP_MARGIN, shape[1])
+    if window:
+        rows, cols = np.nonzero(cell.nuc_mask if cell.nuc_mask.any() else cell.cell_mask)
+        left, top, right, bottom = centred_box((x0 + cols.mean(), y0 + rows.mean()), (shape[1], shape[0]), window)
+    else:
+        top, left = max(y0 - CLUSTER_CROP_MARGIN, 0), max(x0 - CLUSTER_CROP_MARGIN, 0)
+        bottom, right = min(y1 + CLUSTER_CROP_MARGIN, shape[0]), min(x1 + CLUSTER_CROP_MARGIN, shape[1])
     image = read(top, left, bottom, right)
     masks = [np.zeros(image.shape[:2], bool) for _ in range(2)]
+    # the cell's box clipped to the crop (a window may cut a large cell)
+    inner_top, inner_left = max(y0, top), max(x0, left)
+    inner_bottom, inner_right = min(y1, bottom), min(x1, right)
     for full, part in zip(masks, (cell.cell_mask, cell.nuc_mask)):
-        full[y0 - top:y1 - top, x0 - left:x1 - left] = part
+        full[inner_top - top:inner_bottom - top, inner_left - left:inner_right - left] = \
+            part[inner_top - y0:inner_bottom - y0, inner_left - x0:inner_right - x0]
     return image, masks[0], masks[1]
 
 
@@ -348,7 +360,7 @@ def classify_cells(read: Callable, shape: Tuple[int, int], cells: List[FieldCell
                    batch_size: int = 16) -> None:
     """Set each cell's class probabilities with the single-cell classifier (stage 2)."""
     for chunk in batched(cells, batch_size):
-        crops = [cell_crop(read, shape, cell) for cell in chunk]
+        crops = [cell_crop(read, shape, cell, pipeline.cell_window) for cell in chunk]
         predictions = pipeline.predict([image for image, _, _ in crops], [(cell, nuc) for _, cell, nuc in crops])
         for cell, prediction in zip(chunk, predictions):
             cell.probs = prediction.probs

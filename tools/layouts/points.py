@@ -16,7 +16,7 @@ import csv
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -219,3 +219,14 @@ def read_cric_cells(root: Path, window_px: int = CELL_WINDOW_PX) -> List[CellRec
                                       label=label, group=field_points.field_id,
                                       crop_box=centred_box(point, field_points.size, window_px)))
     return records
+
+
+def is_bethesda(class_names: Sequence[str]) -> bool:
+    """Whether the classifier's classes are Bethesda's (NILM among them, none outside them)."""
+    return NORMAL_CLASS in class_names and set(class_names) <= set(BETHESDA_CLASSES)
+
+
+def classifier_window(class_names: Optional[Sequence[str]]) -> int:
+    """The side (image px) of the window a classifier saw each cell in: CELL_WINDOW_PX around the nucleus point for a
+    classifier in Bethesda's classes (trained on CRIC-style points), 0 for one trained on cells cut by their outline."""
+    return CELL_WINDOW_PX if class_names and is_bethesda(class_names) else 0
