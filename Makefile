@@ -19,12 +19,20 @@ DEMO_FIELD_FLAGS := --preset cpu --epochs 4 --instance-epochs 6 --img-size 128 -
 DEMO_SLIDE := $(DEMO_DATA)_slide/demo_slide.tiff
 DEMO_SLIDE_FLAGS := --side 8192 --mpp 0.5
 HERLEV ?= ../shared/data/herlev
+CRIC ?= ../shared/data/cric
+CRIC_RUN := runs/cric
+# CRIC outlines no cell: the classifier's masks come from stage 1 trained on Herlev's outlined cells (all CRIC cells
+# are new to it, so no out-of-fold models)
+CRIC_SEGMENT_FLAGS := --preset cpu --epochs 12 --oof-folds 0 --skip-export
+# Field models learn from the points (tools/fields/pseudo_masks.py); the instance model from 400 of the grown cells
+CRIC_FIELD_FLAGS := --preset cpu --epochs 5 --instance-epochs 2 --instance-cells 400
+CRIC_CLASSIFY_FLAGS := --preset cpu --epochs 8
 # prepare_cells' cache of decoded cells (--cache-dir; README: Data layouts), expanded by the shell
 CELL_CACHE := $${CERVICAL_CYTOLOGY_CACHE:-$$HOME/.cache/cervical-cytology/cells}
 # timm must never wait on the network for pretrained weights (it retries ~47 s offline)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test herlev benchmark throughput gpu-check clean
+.PHONY: setup demo test herlev cric benchmark throughput gpu-check clean
 
 # Printed at the end of `make demo`: what to open, then what to try on one's own images
 define DEMO_NEXT
@@ -74,6 +82,15 @@ herlev: setup
 	$(PY) main_segment.py --data-root $(HERLEV) --output-dir runs/herlev --preset cpu
 	$(PY) main_classify.py --data-root $(HERLEV) --output-dir runs/herlev --preset cpu
 	$(PY) evaluate.py --data-root $(HERLEV) --output-dir runs/herlev
+
+# Real Pap smears (README: Real Pap smears): stage 1 on Herlev's cells, the field models on CRIC's points, the
+# classifier in Bethesda's classes, then the screening benchmark on the run's test fields and a slide of them
+cric: setup
+	$(PY) main_segment.py --data-root $(HERLEV) --run-dir $(CRIC_RUN) $(CRIC_SEGMENT_FLAGS)
+	$(PY) main_segment.py --data-root $(CRIC) --layout cric-fields --run-dir $(CRIC_RUN) $(CRIC_FIELD_FLAGS)
+	$(PY) main_classify.py --data-root $(CRIC) --layout cric --run-dir $(CRIC_RUN) $(CRIC_CLASSIFY_FLAGS)
+	$(PY) evaluate.py --data-root $(CRIC) --layout cric --run-dir $(CRIC_RUN)
+	$(PY) benchmarks/screening.py --data-root $(CRIC) --run-dir $(CRIC_RUN)
 
 # Both stages with --preset cpu on Herlev, classifier over 3 seeds, GT-mask variant: results.json + results.md
 benchmark: setup
