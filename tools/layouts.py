@@ -6,6 +6,8 @@ Layouts:
             NNN_MM_cyt.dat / NNN_MM_nuc.dat. Cells of one cluster image share a group.
   paired    <class>/<n>.<ext> with masks <n>N.png (nucleus) and <n>C.png (cytoplasm), as Herlev.
   labels    <class>/*.png|jpg|bmp|tif without masks: classification only, masks come from stage 1.
+  review    review.py --export-points' folder: the cells a reviewer accepted or relabelled (tools/review/points.py),
+            masks from stage 1; named with --layout review, never detected.
 
 File names are matched without regard to case (10N.PNG is 10's nucleus mask). Folders are listed by
 tools/inputs.py: each file once, and never hidden files and folders (.DS_Store, macOS ._* and __MACOSX/)
@@ -27,7 +29,7 @@ from tools.inputs import check_not_output, folder_entries, input_files
 from utils.errors import UserError
 from utils.preprocessing import read_image
 
-LAYOUTS = ("sipakmed", "paired", "labels")
+LAYOUTS = ("sipakmed", "paired", "labels", "review")
 DEFAULT_MASK_SUFFIXES = ("N.png", "C.png")  # the paired layout's nucleus and cytoplasm masks: <n>N.png, <n>C.png
 IMAGE_EXTENSIONS = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MAX_COORDINATE = 1e6  # px; a polygon point further out belongs to no image
@@ -369,11 +371,15 @@ def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropp
         records = read_paired(root, nuc_suffix, cyt_suffix, skip_bad)
     elif layout == "labels":
         records = read_labels_only(root, (nuc_suffix, cyt_suffix))
+    elif layout == "review":
+        from tools.review.points import read_review_points
+
+        records = read_review_points(root)
     else:
         raise UserError(f"unknown layout {layout!r}; choose one of: auto, {', '.join(LAYOUTS)}")
     if not records:
         raise UserError(f"{root}: the {layout} layout found no cells (sipakmed source: {sipakmed_source}); check --data-root and --layout")
-    empty = [f.name for f in class_folders(root) if not any(r.label == f.name for r in records)]
+    empty = [f.name for f in class_folders(root) if not any(r.label == f.name for r in records)] if layout != "review" else []
     if empty:
         raise UserError(f"{root}: class folder(s) {', '.join(empty)} hold no usable images; add images or remove the folder")
     records = sorted(records, key=lambda r: r.sample_id)

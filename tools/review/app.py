@@ -31,6 +31,7 @@ def create_app(output_dir) -> Flask:
     app = Flask(__name__, static_folder=str(HERE / "static"), template_folder=str(HERE / "templates"))
     app.config["station"] = station
     app.json.sort_keys = False
+    app.url_map.merge_slashes = False  # '//etc' stays a path that is not ours (404), not a redirect to another one
 
     @app.errorhandler(HTTPException)
     def one_line(error: HTTPException):

@@ -8,8 +8,8 @@ writes, for every accepted or relabelled cell (rejected ones are not cells to le
     DIR/classifications.csv            one row per cell, the CRIC Cervix collection's columns: image_id,
                                        image_filename, image_doi, cell_id, bethesda_system, nucleus_x, nucleus_y
                                        (bethesda_system holds the run's class name the reviewer gave; nucleus_x/y
-                                       the cell's centre in its picture) and, after them, source (the input and
-                                       output folder it came from: cells of one slide stay in one split)
+                                       the cell's centre in its picture) and, after them, source (the output
+                                       folder and input it came from)
 A data root of exported points reads back with read_review_points (the layout `review`).
 """
 import csv
@@ -89,8 +89,8 @@ def export_points(output_dirs: Sequence[Path], out: Path) -> int:
 
 
 def read_review_points(root: Path) -> list:
-    """The exported cells of a data root as CellRecords (label: the reviewer's class; group: the input it came from;
-    no masks: stage 1 predicts them, as for the `labels` layout)."""
+    """The exported cells of a data root as CellRecords (label: the reviewer's class; no masks: stage 1 predicts
+    them, as for the `labels` layout)."""
     from tools.layouts import CellRecord
 
     table_path = Path(root) / POINTS_FILE
@@ -108,8 +108,9 @@ def read_review_points(root: Path) -> list:
             if not image.is_file() or Path(row["image_filename"]).name != row["image_filename"]:
                 raise UserError(f"{table_path}:{line}: {row['image_filename']} is not in {Path(root) / 'images'}; "
                                 f"export the points again")
-            records.append(CellRecord(f"images/{image.stem}", image, row["bethesda_system"],
-                                      row.get("source") or image.stem))
+            # each cell its own group: a lab's reviewed slides are few, too few to split by slide (the test of a
+            # fine-tuned run is the lab's next slides, not these cells)
+            records.append(CellRecord(f"images/{image.stem}", image, row["bethesda_system"], image.stem))
     if not records:
         raise UserError(f"{table_path}: no reviewed cells; accept or relabel cells in review.py, then export again")
     return records
