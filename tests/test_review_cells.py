@@ -60,3 +60,13 @@ def test_rows_and_outlines_are_read_back_as_written(index):
         assert index.outline(cell_id - 1) == [[round(x, 1), round(y, 1)] for x, y in ring]
     with pytest.raises(KeyError):
         index.row(3001)
+
+
+def test_generated_features_are_what_predict_writes():
+    from tools.fields.outputs import CellRecord, class_colours, feature_json
+    from tools.review.synthetic import feature_text, octagon
+
+    record = CellRecord((90, 190, 111, 211), (100.0, 200.0), octagon(100, 200, 10), octagon(100, 200, 4),
+                        {"cell_area_px": 300, "prob_abnormal_cells": 0.25, "prob_normal_cells": 0.75}, [0.25, 0.75])
+    colours = class_colours(CLASSES)
+    assert feature_text(record, "s", 7, CLASSES, colours) == feature_json(record, "s", 7, CLASSES, colours)
