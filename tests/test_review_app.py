@@ -49,7 +49,9 @@ def test_info_gives_classes_gallery_in_review_order_and_both_calls(client, outpu
     summary = json.loads((output / "slide_summary.json").read_text())
     assert info["classes"] == list(summary["counts"]) and set(info["colours"]) == set(info["classes"]) | {"rejected"}
     assert [c["id"] for c in info["gallery"]] == [c["id"] for c in summary["most_suspicious"]]
-    assert info["model"]["call"] == summary["call"] and info["reviewed"]["counts"] == summary["counts"]
+    review = client.get("/api/slide/review").get_json()
+    assert info["model"]["call"] == summary["call"] and review["reviewed"]["counts"] == summary["counts"]
+    assert review["reviewed"]["call"] == summary["call"] and review["decisions"] == {}
     assert info["dzi"]["width"] == info["dzi"]["height"] == 2048 and info["dzi"]["levels"] == 12
     assert client.get("/slide/slide").status_code == 200
 
@@ -91,6 +93,7 @@ def test_one_cell_gives_its_row_and_its_crop(client):
 
 def test_decisions_change_the_reviewed_counts_and_call_and_are_on_disk_at_once(client, output):
     info = client.get("/api/slide/info").get_json()
+    info.update(client.get("/api/slide/review").get_json())
     abnormal, normal = info["classes"]
     flagged = [c["id"] for c in info["gallery"]]
     response = client.post("/api/slide/decision", json={"cell": flagged[0], "decision": "relabel", "class": normal})
@@ -103,6 +106,7 @@ def test_decisions_change_the_reviewed_counts_and_call_and_are_on_disk_at_once(c
     reviewed = client.post("/api/slide/decision", json={"cell": flagged[1], "decision": "clear"}).get_json()["reviewed"]
     assert reviewed["cells"] == info["reviewed"]["cells"] and reviewed["reviewed"] == 1
     assert client.get(f"/api/slide/cell/{flagged[0]}").get_json()["decision"] == {"decision": "relabel", "class": normal}
+    assert client.get("/api/slide/review").get_json()["decisions"] == {str(flagged[0]): {"decision": "relabel", "class": normal}}
 
 
 def test_every_cell_rejected_leaves_the_slide_unsatisfactory(client):
@@ -130,7 +134,7 @@ def test_the_geojson_follows_the_decisions_for_qupath(client, output):
 
 
 @pytest.mark.parametrize("url, status", [
-    ("/slide/nowhere", 404), ("/api/nowhere/info", 404), ("/api/slide/cell/99999", 404), ("/api/slide/crop/0.jpeg", 404),
+    ("/slide/nowhere", 404), ("/api/nowhere/info", 404), ("/api/nowhere/review", 404), ("/api/nowhere.dzi", 404), ("/api/slide/cell/99999", 404), ("/api/slide/crop/0.jpeg", 404),
     ("/api/slide/cells?x0=0&y0=0&x1=a&y1=5", 400), ("/api/slide/cells?x0=5&y0=0&x1=1&y1=5", 400),
     ("/api/slide/cells?x0=0&y0=0&x1=5&y1=5&classes=7", 400), ("/files/../slide.tiff", 404),
     ("/files/%2e%2e/slide.tiff", 404), ("/files/..%2fslide.tiff", 404), ("/files//etc/passwd", 404),

@@ -2,7 +2,8 @@
 
     GET  /                                         every input: its call, abnormal rate, review progress
     GET  /slide/<name>                             the viewer, the gallery and the decisions of one input
-    GET  /api/<name>/info                          classes, colours, gallery, counts and calls (model, reviewed)
+    GET  /api/<name>/info                          classes, colours, gallery, the model's counts and call
+    GET  /api/<name>/review                        the decisions, the counts and call after review
     GET  /api/<name>.dzi                           the Deep Zoom descriptor
     GET  /api/<name>/tiles/<level>/<col>_<row>.jpeg   one tile
     GET  /api/<name>/cells?x0&y0&x1&y1&scale[&classes&min_p]   the cells in a view (outlines, dots or density)
@@ -15,6 +16,7 @@ status and one line of plain text, and writes nothing.
 """
 from pathlib import Path
 
+import numpy as np
 from flask import Flask, Response, abort, jsonify, render_template, request, send_file
 from werkzeug.exceptions import HTTPException
 
@@ -65,6 +67,10 @@ def create_app(output_dir) -> Flask:
         except LookupError as error:
             data["dzi"], data["missing"] = None, str(error)
         return jsonify(data)
+
+    @app.get("/api/<path:name>/review")
+    def review(name):
+        return jsonify(opened(name).review())
 
     @app.get("/api/<path:name>.dzi")
     def dzi(name):
@@ -134,10 +140,8 @@ def create_app(output_dir) -> Flask:
     return app
 
 
-def visible_classes(text, count: int):
+def visible_classes(text, count: int) -> np.ndarray:
     """bool per class index (the last: rejected) from '0,2,3'; every class when not given."""
-    import numpy as np
-
     visible = np.ones(count, bool)
     if text is None:
         return visible

@@ -12,6 +12,7 @@ MAX_DOTS cells, else a DENSITY_BINS x DENSITY_BINS grid of counts.
 import csv
 import io
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -37,6 +38,7 @@ class CellIndex:
         self.build_grid()
         self.lock = threading.Lock()
         self._feature_offsets: Optional[np.ndarray] = None
+        self._geojson_stamp = None
         self._outlines: Dict[int, List] = {}
 
     # ---------------------------------------------------------------- building
@@ -151,32 +153,34 @@ class CellIndex:
             return self._outlines[row]
 
     def feature(self, row: int) -> Dict:
-        """The cell's GeoJSON feature (the caller holds the lock)."""
-        if self._feature_offsets is None:
-            self._feature_offsets = feature_line_offsets(self.geojson)
-        if self._feature_offsets is not None and len(self._feature_offsets) == len(self.ids):
-            with open(self.geojson, "rb") as collection:
+        """The cell's GeoJSON feature (the caller holds the lock). The file may have been rewritten since its lines
+        were counted (by this server's decisions or another's): its identity and size say so."""
+        with open(self.geojson, "rb") as collection:
+            status = os.fstat(collection.fileno())
+            stamp = (status.st_ino, status.st_size, status.st_mtime_ns)
+            if self._feature_offsets is None or self._geojson_stamp != stamp:
+                self._feature_offsets, self._geojson_stamp = feature_line_offsets(collection), stamp
+            if self._feature_offsets is not None and len(self._feature_offsets) == len(self.ids):
                 collection.seek(int(self._feature_offsets[row]))
                 return json.loads(collection.readline().decode("utf-8").rstrip().rstrip(","))
-        if not hasattr(self, "_features"):  # not one feature per line: read whole, once
-            self._features = json.loads(self.geojson.read_text())["features"]
-        return self._features[row]
+            collection.seek(0)
+            if getattr(self, "_features_stamp", None) != stamp:  # not one feature per line: read whole, once
+                self._features, self._features_stamp = json.load(collection)["features"], stamp
+            return self._features[row]
 
     def replace_geojson(self, written: Path) -> None:
         """Put a rewritten GeoJSON (reviewed classes) in place; its lines moved, so their offsets are read again."""
-        import os
-
         with self.lock:
             os.replace(written, self.geojson)
             self._feature_offsets = None
 
 
-def feature_line_offsets(geojson: Path) -> Optional[np.ndarray]:
-    """Byte offset of every feature line of a GeoJSON written one feature per line; None for another layout."""
+def feature_line_offsets(collection) -> Optional[np.ndarray]:
+    """Byte offset of every feature line of an open GeoJSON written one feature per line; None for another layout."""
     offsets, offset = [], 0
-    with open(geojson, "rb") as collection:
-        for line in collection:
-            if line.startswith(b'{"type": "Feature"'):
-                offsets.append(offset)
-            offset += len(line)
+    collection.seek(0)
+    for line in collection:
+        if line.startswith(b'{"type": "Feature"'):
+            offsets.append(offset)
+        offset += len(line)
     return np.array(offsets, np.int64) if offsets else None

@@ -76,12 +76,16 @@ class DecisionLog:
         with self.lock:
             if self.path.is_file():
                 with open(self.path, "rb") as log:
+                    if log.seek(0, os.SEEK_END) < self.read_bytes:  # removed and begun again: read it afresh
+                        self.latest, self.read_bytes = {}, 0
                     log.seek(self.read_bytes)
                     new = log.read()
                 complete = new[:new.rfind(b"\n") + 1]  # a line still being written is read next time
                 self.read_bytes += len(complete)
                 for row in csv.reader(io.StringIO(complete.decode("utf-8", errors="replace"))):
                     self.take(row)
+            elif self.read_bytes:
+                self.latest, self.read_bytes = {}, 0
             return dict(self.latest)
 
     def take(self, row: Sequence[str]) -> None:

@@ -7,6 +7,7 @@ GeoJSON is rewritten in about a second, too long to wait for per key press) and 
 temporary file, then renamed into place, so it is never half-written. When the server starts it writes it once,
 so decisions a killed server confirmed reach the GeoJSON too.
 """
+import fcntl
 import json
 import os
 import sys
@@ -46,8 +47,9 @@ def reviewed_feature(feature: Dict, decision: Optional[Tuple[str, str]], model_c
     return feature
 
 
-def write_reviewed_geojson(screened, index, decisions: Dict[int, Tuple[str, str]]) -> None:
-    """Rewrite the input's GeoJSON with the reviewer's classes (module docstring)."""
+def write_reviewed_geojson(screened, index, decisions_now: Callable[[], Dict[int, Tuple[str, str]]]) -> None:
+    """Rewrite the input's GeoJSON with the reviewer's classes (module docstring); decisions_now() is read once the
+    file lock is held, so whoever writes last writes the latest decisions."""
     colours = class_colours(screened.class_names) if screened.class_names else {}
     names = screened.class_names
 
@@ -55,17 +57,23 @@ def write_reviewed_geojson(screened, index, decisions: Dict[int, Tuple[str, str]
         row = index.row_of_id.get(number)
         return names[index.model_class[row]] if row is not None and index.model_class[row] >= 0 else ""
 
-    def dumped(feature: Dict, number: int) -> str:
-        return json.dumps(reviewed_feature(feature, decisions.get(number), model_class(number), colours), allow_nan=False)
+    with open(screened.geojson.with_name(f".{screened.geojson.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one writer at a time (two servers, two tabs' followers): the last has the last log
+        decisions = decisions_now()
+        rewrite_geojson(screened.geojson, index, decisions, lambda feature, number: json.dumps(
+            reviewed_feature(feature, decisions.get(number), model_class(number), colours), allow_nan=False))
 
-    written = screened.geojson.with_name(f".{screened.geojson.name}.{os.getpid()}.review.tmp")
-    with open(screened.geojson, "rb") as source:
+
+def rewrite_geojson(geojson, index, decisions: Dict, dumped: Callable[[Dict, int], str]) -> None:
+    """Write the GeoJSON again beside itself, `dumped` giving each feature's text, then rename it into place."""
+    written = geojson.with_name(f".{geojson.name}.{os.getpid()}.{threading.get_ident()}.review.tmp")
+    with open(geojson, "rb") as source:
         one_per_line = source.read(len(GEOJSON_HEAD)) == GEOJSON_HEAD.encode()
     with open(written, "wb") as out:
         if one_per_line:
-            copy_lines(screened.geojson, out, decisions, dumped)
+            copy_lines(geojson, out, decisions, dumped)
         else:  # another program wrote it: read whole, written back one feature per line
-            features = json.loads(screened.geojson.read_text())["features"]
+            features = json.loads(geojson.read_text())["features"]
             text = ",\n".join(dumped(feature, number) for number, feature in enumerate(features, start=1))
             out.write((GEOJSON_HEAD + text + GEOJSON_TAIL).encode("utf-8"))
         out.flush()

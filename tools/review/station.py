@@ -15,17 +15,25 @@ from tools.review.tiles import TileSource, jpeg_bytes
 
 
 class OpenInput:
-    """One input while it is reviewed."""
+    """One input while it is reviewed. Its tiles and its cell index are made on first use, each under its own
+    lock: the slide shows while the index of 100,000 cells is still being read (about a second)."""
 
     def __init__(self, screened: ScreenedInput):
         self.screened = screened
-        self.index = CellIndex(screened.cells_csv, screened.geojson, screened.class_names)
         self.log = DecisionLog(screened.review_csv)
         self._tiles: Optional[TileSource] = None
-        self.lock = threading.Lock()
-        self.follower = GeoJsonFollower(lambda: write_reviewed_geojson(screened, self.index, self.log.decisions()))
+        self._index: Optional[CellIndex] = None
+        self.lock, self.index_lock = threading.Lock(), threading.Lock()
+        self.follower = GeoJsonFollower(lambda: write_reviewed_geojson(screened, self.index, self.log.decisions))
         if screened.review_csv.is_file():
             self.follower.request()  # decisions of an earlier (perhaps killed) server reach the GeoJSON
+
+    @property
+    def index(self) -> CellIndex:
+        with self.index_lock:
+            if self._index is None:
+                self._index = CellIndex(self.screened.cells_csv, self.screened.geojson, self.screened.class_names)
+            return self._index
 
     @property
     def tiles(self) -> TileSource:
@@ -48,7 +56,8 @@ class OpenInput:
         screened = self.screened
         return {"model": model_summary(screened.summary), "reviewed": reviewed_summary(
                     final, codes, self.index.abnormal_probability, screened.class_names, screened.rule),
-                "decisions": {str(k): {"decision": d, "class": c} for k, d_c in decisions.items() for d, c in [d_c]}}
+                "decisions": {str(cell_id): {"decision": decision, "class": given}
+                              for cell_id, (decision, given) in decisions.items()}}
 
     def decide(self, cell_id: int, decision: str, class_name: Optional[str]) -> Dict:
         """Record a decision (KeyError: unknown cell; DecisionError: bad decision): on disk before it returns."""
@@ -78,12 +87,13 @@ class OpenInput:
         return self.screened.summary.get("most_suspicious", [])
 
     def info(self) -> Dict:
+        """What the page needs first (the cell index is not: /review and /cells bring the rest)."""
         screened = self.screened
         colours = colours_with_rejected(screened.class_names)
         return {"name": screened.name, "classes": screened.class_names, "colours": {k: list(v) for k, v in colours.items()},
                 "mpp": screened.summary.get("mpp"), "shape": screened.summary.get("shape"),
                 "input": screened.summary.get("input"), "gallery": self.gallery(), "rule": screened.summary.get("rule"),
-                "cells": len(self.index), **self.review()}
+                "cells": screened.summary.get("cells"), "model": model_summary(screened.summary)}
 
 
 def model_summary(summary: Dict) -> Dict:

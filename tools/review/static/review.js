@@ -167,7 +167,7 @@ async function select(id, fly) {
   const v = cell.values;
   if (fly) {
     const [x0, y0, x1, y1] = ["x0", "y0", "x1", "y1"].map((k) => Number(v[k]));
-    const pad = Math.max(x1 - x0, y1 - y0) * 1.5;
+    const pad = Math.max(x1 - x0, y1 - y0, 40) * 2.5;  // the cell among its neighbours
     const rect = state.viewer.viewport.imageToViewportRectangle(x0 - pad, y0 - pad, x1 - x0 + 2 * pad, y1 - y0 + 2 * pad);
     state.viewer.viewport.fitBounds(rect);
     const card = document.querySelector(`.card[data-id="${id}"]`);
@@ -256,8 +256,8 @@ document.addEventListener("keydown", (event) => {
   document.getElementById("rule").textContent = `Rule: ${state.info.rule || ""}. A screening aid, not a diagnosis.`;
   renderGallery();
   renderFilters();
-  applyReview(state.info);
   if (state.info.dzi) openViewer();
   else document.getElementById("viewer").textContent = state.info.missing;
+  applyReview(await getJSON(`${api}/review`));  // after the slide: it waits for the cell index
   state.ready = true;
 })();
