@@ -11,7 +11,8 @@ Then, per slide, a fresh server (werkzeug, in a thread of this process) is asked
                the zoom that fits the slide), one after another: the slide is on screen when the last arrives;
   tiles        TILES random tiles of the three finest levels, inside the slide's tissue (where a reviewer
                looks), from a warm server: median and 90th percentile;
-  cells        /cells for the whole slide, a 4000 px view and a 1000 px view: mode, cells, bytes, seconds.
+  cells        the first /review (it builds the cell index), then /cells for the whole slide, a 4000 px view and
+               a 1000 px view (outlines read from the GeoJSON the first time): mode, cells, bytes, seconds.
 Prints a Markdown table; --output-json writes it.
 """
 import argparse
@@ -149,8 +150,8 @@ def cells_in_view(output_dir: Path, name: str, side: int) -> List[Dict]:
     rows = []
     try:
         started = time.perf_counter()
-        get(f"{base}/api/{name}/info")  # opens the input: the cell index is built here
-        rows.append({"view": "index built (first request)", "seconds": round(time.perf_counter() - started, 3)})
+        get(f"{base}/api/{name}/review")  # the first request that needs the cell index builds it
+        rows.append({"view": "cell index built (first /review)", "seconds": round(time.perf_counter() - started, 3)})
         centre = side // 2
         for label, half, scale in (("whole slide", side // 2, VIEWER[0] / side), ("4000 px", 2000, VIEWER[0] / 4000),
                                    ("1000 px", 500, VIEWER[0] / 1000)):
