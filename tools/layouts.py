@@ -348,7 +348,8 @@ def detect_layout(root: Path, nuc_suffix: str = "N.png") -> str:
     raise UserError(
         f"{root}: no known data layout found (expected one of: sipakmed: im_<Class>/im_<Class>/*.bmp with "
         f"*_cytNN.dat, or CROPPED/*_cyt.dat; paired: <class>/<n>.bmp with <n>N.png and <n>C.png; "
-        f"labels: <class>/*.png|jpg|bmp|tif); point --data-root at the folder that holds the class folders"
+        f"labels: <class>/*.png|jpg|bmp|tif; review, named with --layout review: review.py --export-points' folder); "
+        f"point --data-root at the folder that holds the class folders"
     )
 
 
