@@ -3,6 +3,7 @@
 "use strict";
 const body = document.body;
 const api = body.dataset.api;
+const SELECTED = "#ffd600";
 const state = {info: null, view: null, selected: null, galleryIndex: -1, minP: 0, hidden: new Set(), decisions: {}};
 window.review = state;  // for the browser tests and the curious
 
@@ -89,14 +90,17 @@ function draw() {
       cell.ring.forEach(([x, y], i) => (i ? ctx.lineTo(sx(x), sy(y)) : ctx.moveTo(sx(x), sy(y))));
       ctx.closePath();
       ctx.setLineDash(cell.d === 2 ? [4, 3] : []);
-      ctx.lineWidth = cell.id === state.selected ? 4 : (cell.d ? 2.5 : 1.5);
-      ctx.strokeStyle = cell.id === state.selected ? "#1565c0" : colour(cell.c);
+      if (cell.id === state.selected) {  // a yellow halo around the class colour: the colour stays readable
+        ctx.lineWidth = 7; ctx.strokeStyle = SELECTED; ctx.stroke();
+      }
+      ctx.lineWidth = cell.d ? 2.5 : 1.5;
+      ctx.strokeStyle = colour(cell.c);
       ctx.stroke();
     }
     ctx.setLineDash([]);
   } else if (view.mode === "dots") {
     view.x.forEach((x, i) => {
-      ctx.fillStyle = view.id[i] === state.selected ? "#1565c0" : colour(view.c[i], 0.85);
+      ctx.fillStyle = view.id[i] === state.selected ? SELECTED : colour(view.c[i], 0.85);
       ctx.beginPath(); ctx.arc(sx(x), sy(view.y[i]), view.id[i] === state.selected ? 5 : 3, 0, 2 * Math.PI); ctx.fill();
     });
   } else {
