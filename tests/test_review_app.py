@@ -167,3 +167,25 @@ def test_output_files_named_by_the_summaries_are_served(client, output):
 def test_a_folder_without_screened_inputs_is_one_line(tmp_path):
     with pytest.raises(UserError, match="no screened input found"):
         create_app(tmp_path)
+
+
+def test_two_tabs_deciding_at_once_lose_no_decision(client, output):
+    """Two clients (tabs) post decisions on one slide from two threads at once: every one is in the file."""
+    import threading
+
+    count = client.get("/api/slide/info").get_json()["cells"]
+    ids = list(range(1, count + 1))
+
+    def tab(cells, decision):
+        own = client.application.test_client()
+        for cell_id in cells:
+            assert own.post("/api/slide/decision", json={"cell": cell_id, "decision": decision}).status_code == 200
+
+    tabs = [threading.Thread(target=tab, args=(ids[0::2], "accept")), threading.Thread(target=tab, args=(ids[1::2], "reject"))]
+    for thread in tabs:
+        thread.start()
+    for thread in tabs:
+        thread.join()
+    decisions = client.get("/api/slide/review").get_json()["decisions"]
+    assert {int(k): v["decision"] for k, v in decisions.items()} == {i: "accept" if i % 2 else "reject" for i in ids}
+    assert len((output / "slide_review.csv").read_text().splitlines()) == 1 + count
