@@ -28,8 +28,8 @@ def get_args(argv=None) -> argparse.Namespace:
     parser.add_argument("output_dirs", nargs="+", type=Path, metavar="OUTPUT_DIR",
                         help="the --output-dir of a predict.py --fields run (several only with --export-points)")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on; the default lets only this machine in (0.0.0.0: every network, "
-                             "with no login: only on a network you trust)")
+                        help="address to listen on: 127.0.0.1 lets only this machine in; 0.0.0.0 every network (there is "
+                             "no login: only on a network you trust)")
     parser.add_argument("--port", type=int, default=8765, help="port to listen on")
     parser.add_argument("--export-points", type=Path, default=None, metavar="DIR",
                         help="instead of serving: write the reviewed cells of every OUTPUT_DIR to DIR as CRIC-style "
