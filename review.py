@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         count = export_points(args.output_dirs, args.export_points)
         print(f"wrote {count} reviewed cells to {args.export_points / 'classifications.csv'} and "
               f"{args.export_points / 'images'}/; train on them: python main_classify.py --data-root "
-              f"{args.export_points} --layout review --run-dir RUN --resume ... (docs/review.md)")
+              f"{args.export_points} --layout review --run-dir NEW_RUN (docs/review.md)")
         return 0
     from tools.review.app import create_app
 
