@@ -41,6 +41,8 @@ Open:
   $(DEMO_RUN)/outputs/eval/report.html             both cell stages on the test split, in one page
   $(DEMO_RUN)/outputs/fields/*/*/002_overlay.png   every cell found in the crowded clusters, coloured by class
   $(DEMO_RUN)/outputs/slide/demo_slide_report.html   the slide's answer: its call, counts and most suspicious cells
+Review the slide (deep zoom, gallery, decisions kept; then open http://127.0.0.1:8765/):
+  $(PY) review.py $(DEMO_RUN)/outputs/slide
 Next, on your own images (each script's -h opens with an example):
   $(PY) predict.py MY_CELLS/ --run-dir $(DEMO_RUN)                    # single cells
   $(PY) predict.py 'MY_FIELDS/*.png' --fields --run-dir $(DEMO_RUN)   # fields of view

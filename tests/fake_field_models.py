@@ -41,6 +41,7 @@ def instance_backend(batch: np.ndarray) -> np.ndarray:
 
 class FakeClassifier:
     class_names = CLASS_NAMES
+    cell_window = 0  # cells cut by their box (tools/inference.CellPipeline.cell_window)
 
     def predict(self, images: List[np.ndarray], masks) -> list:
         predictions = []

@@ -11,6 +11,7 @@ SCRIPTS = {
     "evaluate": "evaluate.py",
     "predict": "predict.py",
     "export_onnx": "export_onnx.py",
+    "review": "review.py",
     "tools.demo_data": "tools.demo_data",
     "tools.demo_check": "tools.demo_check",
     "tools.fields.make_slide": "tools.fields.make_slide",
@@ -23,6 +24,7 @@ SCRIPTS = {
     "benchmarks.slide_speed": "benchmarks/slide_speed.py",
     "benchmarks.slide_accuracy": "benchmarks/slide_accuracy.py",
     "benchmarks.screening": "benchmarks/screening.py",
+    "benchmarks.review_speed": "benchmarks/review_speed.py",
 }
 
 

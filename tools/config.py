@@ -231,11 +231,13 @@ def data_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("data")
     group.add_argument("--data-root", type=Path, default=Path("data/demo"), help="folder holding the class folders")
     run_dir_flag(group, "run folder for checkpoints/, logs/, outputs/, splits/ (--output-dir is the same flag)")
-    layouts = ["auto", "sipakmed", "paired", "labels", "cric", "isbi2014", "sipakmed-fields", "cric-fields"]
+    layouts = ["auto", "sipakmed", "paired", "labels", "cric", "review", "isbi2014", "sipakmed-fields", "cric-fields"]
     group.add_argument("--layout", default="auto", **name_flag(layouts),
                        help="data layout; auto detects it from the folder (isbi2014 and sipakmed-fields: whole fields of "
                             "view, for main_segment.py and evaluate.py; cric: field images with CRIC's classifications.csv, "
-                            "one cell per annotated nucleus in Bethesda's classes, masks from a stage 1 checkpoint)")
+                            "one cell per annotated nucleus in Bethesda's classes, masks from a stage 1 checkpoint; "
+                            "cric-fields: the same fields for the field models; review, never detected: the cells a "
+                            "reviewer decided on, as review.py --export-points writes them)")
     group.add_argument("--sipakmed-source", default="cropped", **name_flag(["cropped", "clusters"]),
                        help="SIPaKMeD cells: the CROPPED/ crops, or cells cut from the cluster images by their polygons")
     group.add_argument("--nuc-suffix", default="N.png", help="paired layout: nucleus mask file suffix (<n>N.png; any case)")

@@ -9,6 +9,8 @@ Cells (one cell per record, `CellRecord`: record.py), read by cells.read_records
   files.py     what they share: class folders, image files, .dat polygons, bad cells under --skip-bad.
   points.py    cric: field images with CRIC's classifications.csv (a point on each marked nucleus and its Bethesda
                class), read and checked; one cell per point, a square window around it, no masks (stage 1's).
+  review.py    review: review.py --export-points' folder (tools/review/points.py writes it), the cells a reviewer accepted or
+               relabelled; named with --layout review, never detected.
 Fields of view (one field with every cell outlined per record): tools/fields/layouts.py, beside the field code
 it feeds; its cric field layout reads points.py's points.
 

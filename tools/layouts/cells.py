@@ -22,6 +22,7 @@ from tools.layouts.paired import (
 )
 from tools.layouts.points import NORMAL_CLASS, is_points_root, read_cric_cells
 from tools.layouts.record import CellRecord
+from tools.layouts.review import read_review_points
 from tools.layouts.sipakmed import (
     read_sipakmed_clusters,
     read_sipakmed_cropped,
@@ -29,7 +30,7 @@ from tools.layouts.sipakmed import (
 )
 from utils.errors import UserError
 
-LAYOUTS = ("sipakmed", "paired", "labels", "cric")
+LAYOUTS = ("sipakmed", "paired", "labels", "cric", "review")
 
 
 def suffixes_beside_images(root: Path) -> List[str]:
@@ -74,8 +75,8 @@ def detect_layout(root: Path, nuc_suffix: str = "N.png") -> str:
     raise UserError(
         f"{root}: no known data layout found (expected one of: sipakmed: im_<Class>/im_<Class>/*.bmp with "
         f"*_cytNN.dat, or CROPPED/*_cyt.dat; paired: <class>/<n>.bmp with <n>N.png and <n>C.png; "
-        f"labels: <class>/*.png|jpg|bmp|tif; cric: field images with classifications.csv); point --data-root at the "
-        f"folder that holds the class folders"
+        f"labels: <class>/*.png|jpg|bmp|tif; cric: field images with classifications.csv; review, named with --layout "
+        f"review: review.py --export-points' folder); point --data-root at the folder that holds the class folders"
     )
 
 
@@ -100,12 +101,16 @@ def read_records(root: Path, layout: str = "auto", sipakmed_source: str = "cropp
         records = read_labels_only(root, (nuc_suffix, cyt_suffix))
     elif layout == "cric":
         records = read_cric_cells(root)
+    elif layout == "review":
+        records = read_review_points(root)
     else:
         raise UserError(f"unknown layout {layout!r}; choose one of: auto, {', '.join(LAYOUTS)}")
     if not records:
         raise UserError(f"{root}: the {layout} layout found no cells (sipakmed source: {sipakmed_source}); "
                         f"check --data-root and --layout")
-    empty = [] if layout == "cric" else [f.name for f in class_folders(root) if not any(r.label == f.name for r in records)]
+    # class folders that hold no cell: points layouts have none
+    empty = [] if layout in ("cric", "review") else \
+        [f.name for f in class_folders(root) if not any(r.label == f.name for r in records)]
     if empty:
         raise UserError(f"{root}: class folder(s) {', '.join(empty)} hold no usable images; add images or remove the folder")
     records = sorted(records, key=lambda r: r.sample_id)
