@@ -8,8 +8,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+from faults import classify_args, run, segment_args
 from hypothesis import HealthCheck, settings
 
+import main_classify
+import main_segment
 from tools.config import CELL_CACHE_ENV
 from tools.demo_data import make_demo_dataset
 
@@ -74,3 +78,22 @@ def make_paired():
 def paired_root(tmp_path_factory) -> Path:
     """A Herlev-like dataset, 2 classes x 6 cells (split 4 / 1 / 1 per class). Read-only: copy it before editing."""
     return write_paired_dataset(tmp_path_factory.mktemp("paired") / "herlev", cells_per_class=6)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One PyTorch thread for a test file that asks (test_faults_*.py: pytestmark): other jobs share this machine's
+    2 cores, and two PyTorch threads each then mostly wait (runs get ~10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def trained(paired_root, tmp_path_factory):
+    """Stage 1 and stage 2 checkpoints trained one epoch on the paired data, once for every test file that uses them."""
+    run_dir = tmp_path_factory.mktemp("trained")
+    run(main_segment.main, segment_args(paired_root, run_dir))
+    run(main_classify.main, classify_args(paired_root, run_dir))
+    return run_dir / "checkpoints"

@@ -13,7 +13,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from faults import (
     bgr_of,
     classify_args,
@@ -36,24 +35,7 @@ from tools.run_dir import RunPaths
 from tools.splits import load_split
 from utils.preprocessing import read_image
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Other jobs share this machine's 2 cores; two PyTorch threads each then mostly wait (runs get ~10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def trained(paired_root, tmp_path_factory):
-    """Stage 1 and stage 2 checkpoints trained one epoch on the paired data."""
-    run_dir = tmp_path_factory.mktemp("trained")
-    run(main_segment.main, segment_args(paired_root, run_dir))
-    run(main_classify.main, classify_args(paired_root, run_dir))
-    return run_dir / "checkpoints"
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 # ---------------------------------------------------------------- image files
 
