@@ -24,6 +24,7 @@ SCRIPTS = {
     "benchmarks.slide_speed": "benchmarks/slide_speed.py",
     "benchmarks.slide_accuracy": "benchmarks/slide_accuracy.py",
     "benchmarks.screening": "benchmarks/screening.py",
+    "benchmarks.cric_detection": "benchmarks/cric_detection.py",
     "benchmarks.review_speed": "benchmarks/review_speed.py",
 }
 
