@@ -46,6 +46,10 @@ def get_args(argv=None) -> argparse.Namespace:
                        help="masks given to the classifier: stage 1's predictions, or the ground truth")
     group.add_argument("--seg-checkpoint", type=Path, default=None,
                        help="stage 1 checkpoint for missing masks (default: <run-dir>/checkpoints/segmentation_best.pth)")
+    group.add_argument("--init-from", type=Path, default=None,
+                       help="fine-tune: start from this classification checkpoint's weights instead of ImageNet's (another "
+                            "run's classifier, e.g. to train it on a lab's reviewed cells: --layout review); its classes "
+                            "and architecture must be this run's")
     group.add_argument("--masks-dir", type=Path, default=None,
                        help="predicted masks to train on (default: <run-dir>/outputs/masks, where main_segment.py writes them)")
     group.add_argument("--class-weights", action=argparse.BooleanOptionalAction, default=True,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from model.classification_model import ConvNeXtAttentionClassifier
 from tools import distributed
 from tools.acceleration import resolve_acceleration, resolve_device
-from tools.checkpoint import RunState
+from tools.checkpoint import RunState, start_from
 from tools.config import provenance
 from tools.data_loader import (
     ClassificationDataset,
@@ -170,6 +170,8 @@ def train(args: argparse.Namespace, split: DatasetSplit, paths: RunPaths, resume
     model, origin = build_with_pretrained(ConvNeXtAttentionClassifier, config, args.weights, args.pretrained)
     if model.measurements is not None:  # standardised with the training cells' statistics, kept in the checkpoint
         model.measurements.fit_statistics(torch.from_numpy(train_cells.measurements))
+    if args.init_from is not None:  # after the statistics: a fine-tuned model keeps its own
+        origin = start_from(model, args.init_from, class_names, config)
     model.to(device)
     weights = inverse_frequency_weights(split.by_split["train"], class_names) if args.class_weights else None
     task = classification_task(class_names, weights, args.label_smoothing, ordinal_soft_targets(args, class_names))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from tiny_checkpoints import save_untrained_classification
 
+from model.classification_model import ConvNeXtAttentionClassifier
 from tools.checkpoint import (
     RunState,
     check_resume_compatible,
@@ -14,6 +15,7 @@ from tools.checkpoint import (
     restore_rng_states,
     rng_states,
     save_checkpoint,
+    start_from,
 )
 from utils.errors import UserError
 
@@ -115,3 +117,18 @@ def test_rng_states_restore_every_generator():
     restore_rng_states(states)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_start_from_loads_another_runs_classifier_of_the_same_classes_and_model(tmp_path):
+    path = save_untrained_classification(tmp_path / "classification_best.pth", class_names=["a", "b"], seed=1)
+    config = dict(num_classes=2, in_chans=5, backbone="test_convnext")
+    torch.manual_seed(2)
+    model = ConvNeXtAttentionClassifier(**config)
+    assert "fine-tuned from" in start_from(model, path, ["a", "b"], config)
+    saved = torch.load(path, weights_only=False)["model"]
+    assert all(torch.equal(value, saved[key]) for key, value in model.state_dict().items())
+    with pytest.raises(UserError, match="knows a, b, this data a, c"):
+        start_from(model, path, ["a", "c"], config)
+    with pytest.raises(UserError, match="its model has num_classes 2, this run asks 3"):
+        start_from(ConvNeXtAttentionClassifier(**{**config, "num_classes": 3}), path, ["a", "b"],
+                   {**config, "num_classes": 3})

@@ -64,14 +64,15 @@ def weights(run_dir):
     return torch.load(run_dir / "checkpoints" / "classification_last.pth", map_location="cpu", weights_only=False)["model"]
 
 
-def train(points, run_dir, segmentation, split_file=None):
+def train(points, run_dir, segmentation, split_file=None, init_from=None):
     flags = ["--split-file", str(split_file)] if split_file else []
+    flags += ["--init-from", str(init_from)] if init_from else []
     main_classify.main(["--data-root", str(points), "--layout", "review", "--run-dir", str(run_dir),
                         "--seg-checkpoint", str(segmentation), *TINY, *flags])
     return weights(run_dir)
 
 
-def test_a_relabelled_cell_changes_the_next_model(reviewed, tmp_path):
+def test_a_relabelled_cell_changes_the_next_model(reviewed, tmp_path, capsys):
     out, client = reviewed
     segmentation = save_untrained_segmentation(tmp_path / "segmentation.pth")
     before = export(out, tmp_path / "before")
@@ -89,3 +90,9 @@ def test_a_relabelled_cell_changes_the_next_model(reviewed, tmp_path):
     assert {row["image_id"]: row["bethesda_system"] for row in after}[candidates[0]] == "normal_cells"
     changed = train(tmp_path / "after", tmp_path / "run_after", segmentation, manifest)
     assert any(not torch.equal(first[k], changed[k]) for k in first)
+    # the run fine-tuned on the corrections (main_classify.py --init-from) starts from the first model, not ImageNet's
+    capsys.readouterr()
+    tuned = train(tmp_path / "after", tmp_path / "run_tuned", segmentation, manifest,
+                  init_from=tmp_path / "run_before" / "checkpoints" / "classification_last.pth")
+    assert "fine-tuned from" in capsys.readouterr().out
+    assert any(not torch.equal(changed[k], tuned[k]) for k in first)

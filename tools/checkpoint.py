@@ -8,7 +8,7 @@ trained on) and the RNG states. Classification checkpoints also get a fitted tem
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -134,3 +134,23 @@ def load_model(path: Path, stage: str, device):
         detail = " ".join(str(error).split())[:200]  # the first line is only a header; the keys follow it
         raise UserError(f"{path}: weights do not fit the model described in the checkpoint ({detail}); retrain")
     return model.to(device).eval(), checkpoint
+
+
+def start_from(model: torch.nn.Module, path: Path, class_names: Sequence[str], config: Dict[str, Any]) -> str:
+    """Load a classification checkpoint's weights into a new model, to fine-tune it on other cells (--init-from).
+
+    The classes and the model config must be the checkpoint's: a head for other classes, or another backbone, would
+    load nothing meaningful. Returns where the weights came from, for the training's first line.
+    """
+    checkpoint = load_checkpoint(path, "classification")
+    check_complete(path, checkpoint, "classification")
+    if list(checkpoint["class_names"]) != list(class_names):
+        raise UserError(f"{path}: its classifier knows {', '.join(checkpoint['class_names'])}, this data "
+                        f"{', '.join(class_names)}; fine-tune it on cells of the same classes, or train without --init-from")
+    changed = differences(checkpoint["model_config"], config)
+    if changed:
+        name, (saved, wanted) = next(iter(changed.items()))
+        raise UserError(f"{path}: its model has {name} {saved}, this run asks {wanted}; pass the same flags "
+                        f"(e.g. --backbone {checkpoint['model_config'].get('backbone')}) or train without --init-from")
+    model.load_state_dict(checkpoint["model"])
+    return f"fine-tuned from {path}"
