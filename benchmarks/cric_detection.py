@@ -1,9 +1,9 @@
 """How many annotated squamous nuclei the field model finds on a run's CRIC fields, at several nucleus thresholds.
 
 The nucleus stage alone (tiled field model, threshold, watershed; no instance model, no classifier), so it runs on a
-field model still training (its fields_last.pth) and in a minute. A point is found when it lies inside a predicted
-nucleus or within 12 px of its centre (tools/screening.MATCH_RADIUS_PX), one nucleus per point. Choose the
-threshold on --split val, report --split test. The whole screening answer: benchmarks/screening.py.
+field model still training (its fields_last.pth) and in a minute. Points are matched as benchmarks/screening.py
+matches them (tools/screening.match_points: inside a nucleus or within 12 px of its centre, one nucleus per point).
+Choose the threshold on --split val, report --split test. The whole screening answer: benchmarks/screening.py.
 """
 import argparse
 import json
@@ -11,9 +11,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
+from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -24,7 +25,7 @@ from tools.fields.layouts import read_fields  # noqa: E402
 from tools.fields.models import FieldModels  # noqa: E402
 from tools.inference import TorchBackend  # noqa: E402
 from tools.layouts.points import read_field_points  # noqa: E402
-from tools.screening import MATCH_RADIUS_PX  # noqa: E402
+from tools.screening import PredictedCells, match_points  # noqa: E402
 from utils.preprocessing import read_image  # noqa: E402
 
 
@@ -41,20 +42,21 @@ def get_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def found_points(points: np.ndarray, labels: np.ndarray, scale: float) -> set:
-    """Indices of the points matched one-to-one to a nucleus of `labels` (model px): inside it or near its centre."""
-    centres = np.array([centre[::-1] / scale for _, centre in segment.nucleus_centres(labels)])  # x, y field px
-    if not len(centres):
-        return set()
-    distance = np.hypot(points[:, None, 0] - centres[None, :, 0], points[:, None, 1] - centres[None, :, 1])
-    inside = np.zeros_like(distance, bool)
-    for index, (x, y) in enumerate(points):
-        row, col = int(y * scale), int(x * scale)
-        if 0 <= row < labels.shape[0] and 0 <= col < labels.shape[1] and labels[row, col] > 0:
-            inside[index, labels[row, col] - 1] = True
-    allowed = inside | (distance <= MATCH_RADIUS_PX)
-    rows, cols = linear_sum_assignment(np.where(allowed, distance, 1e6))
-    return {row for row, col in zip(rows, cols) if allowed[row, col]}
+def predicted_nuclei(labels: np.ndarray, scale: float) -> PredictedCells:
+    """The nuclei of a label image (model px) as tools/screening.py reads predict.py's cells: centre and outline, in
+    field px, so that the points are matched by its rule (match_points)."""
+    centres, rings = [], []
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        mask = (labels[box] == label).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        ring = max(contours, key=cv2.contourArea).reshape(-1, 2) + [box[1].start, box[0].start]
+        rows, cols = np.nonzero(mask)
+        centres.append(((cols.mean() + box[1].start) / scale, (rows.mean() + box[0].start) / scale))
+        rings.append(ring / scale)
+    centres = np.array(centres, float).reshape(-1, 2)
+    return PredictedCells(centres, rings, centres, None, [])
 
 
 def main(argv=None) -> None:
@@ -77,7 +79,7 @@ def main(argv=None) -> None:
         for record, probs in zip(records, nucleus_probs):
             labels = segment.nucleus_instances(probs, nucleus_px)
             predicted += int(labels.max())
-            hits = found_points(record.points, labels, scale)
+            hits = set(np.nonzero(match_points(record.points, predicted_nuclei(labels, scale)) >= 0)[0])
             for index, label in enumerate(labels_of[record.field_id]):
                 total[label] += 1
                 found[label] += index in hits
