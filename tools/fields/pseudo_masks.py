@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from tools.fields.tissue import glass_colour
 from utils.preprocessing import fill_holes
 
 UNKNOWN = 255  # a target pixel whose truth the points do not tell (as tools.fields.data.UNKNOWN)
@@ -86,8 +87,6 @@ def point_nuclei(image: np.ndarray, points: np.ndarray) -> Tuple[np.ndarray, np.
 
 def tissue_mask(image: np.ndarray) -> np.ndarray:
     """bool [H, W]: pixels that differ from the glass (the field's commonest colour) by more than TISSUE_DIFFERENCE."""
-    from tools.fields.tissue import glass_colour
-
     small = cv2.resize(image, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)
     glass, _ = glass_colour(small)
     blurred = cv2.GaussianBlur(image, (5, 5), 0).astype(np.float32)
